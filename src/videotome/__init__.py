@@ -1,0 +1,1 @@
+"""videotome: token merging for video transformers."""
