@@ -1,0 +1,237 @@
+"""What every model adapter shares: the token state, attention with size bias, and the reduction step.
+
+An adapter knows one model family's layout (where its layers, norms and projections are, how tokens are ordered)
+and calls the algorithms in :mod:`videotome.merge`; it holds no per-forward state.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers.modeling_outputs import ImageClassifierOutput, ModelOutput
+
+from .. import merge
+from ..plan import MergePlan, TokenLayout
+
+MERGE_REGION = "videotome.merge"
+
+
+class TokenState(NamedTuple):
+    """The tokens between layers: features, sizes (patches each token holds) and the source map.
+
+    ``size`` and ``source`` are None until the first reduction, meaning one patch per token and the identity.
+    For divided models they are kept per frame group: (batch * frames, tokens per frame, ...).
+    """
+
+    x: Tensor
+    size: Tensor | None = None
+    source: Tensor | None = None
+
+
+class LayerCall(NamedTuple):
+    """What one layer needs from the plan: its index, its requested r, and the plan itself."""
+
+    index: int
+    r: int
+    plan: MergePlan
+
+
+def attend(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    scale: float,
+    log_size: Tensor | None = None,
+    implementation: str = "sdpa",
+    dropout: float = 0.0,
+) -> Tensor:
+    """Multi-head attention (batch, heads, tokens, head dim) with log(size) of every key added to its logits.
+
+    Proportional attention (Bolya et al.) makes a token that holds s patches attract as much attention as those
+    s patches would. ``log_size`` is (batch, tokens); None adds nothing. ``implementation`` "eager" computes the
+    softmax in float32 as Hugging Face's eager path does; anything else uses ``scaled_dot_product_attention`` with
+    the bias as an additive float mask. Returns (batch, tokens, heads * head dim).
+    """
+    bias = None if log_size is None else log_size[:, None, None, :].to(q.dtype)
+    if implementation == "eager":
+        logits = (q @ k.transpose(-1, -2)) * scale
+        if bias is not None:
+            logits = logits + bias
+        weights = logits.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
+        out = F.dropout(weights, p=dropout, training=dropout > 0) @ v
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=scale)
+    return out.transpose(1, 2).flatten(2)
+
+
+def log_size(size: Tensor | None, plan: MergePlan) -> Tensor | None:
+    """The proportional-attention bias (batch, tokens), or None when the plan turns it off or nothing merged."""
+    if size is None or not plan.prop_attn:
+        return None
+    return size[..., 0].log()
+
+
+def layer_generator(call: LayerCall, device: torch.device) -> torch.Generator | None:
+    """A generator seeded from the plan's seed and the layer index, so random strategies repeat exactly."""
+    if call.plan.seed is None or not call.plan.strategy.startswith("random"):
+        return None
+    return torch.Generator(device=device).manual_seed(call.plan.seed * 1_000_003 + call.index)
+
+
+def reduce_tokens(
+    state: TokenState,
+    metric: Tensor,
+    call: LayerCall,
+    *,
+    protect_first: bool,
+    shared_groups: int = 1,
+) -> TokenState:
+    """Match on ``metric`` (batch, tokens, C) and reduce the state's tokens, sizes and source map.
+
+    ``shared_groups`` > 1 makes consecutive rows of the batch share one matching computed from their mean
+    metric (every frame of a clip in aligned mode), so all of them merge the same positions.
+    """
+    plan = call.plan
+    with torch.profiler.record_function(MERGE_REGION):
+        if shared_groups > 1:
+            metric = metric.unflatten(0, (-1, shared_groups)).mean(dim=1)
+        reduction = merge.bipartite_soft_matching(
+            metric,
+            call.r,
+            protect_first=protect_first,
+            strategy=plan.strategy,
+            threshold=plan.threshold,
+            generator=layer_generator(call, metric.device),
+        )
+        if shared_groups > 1:
+            reduction = merge.repeat(reduction, shared_groups)
+        x, size = merge.merge_wavg(reduction, state.x, state.size)
+        source = state.source
+        if plan.trace_source:
+            source = merge.merge_source(reduction, source, state.x.shape[1])
+    return TokenState(x, size, source)
+
+
+def weighted_mean(x: Tensor, size: Tensor | None) -> Tensor:
+    """Mean over tokens in which a merged token counts as the patches it holds; a plain mean before merging."""
+    if size is None:
+        return x.mean(dim=1)
+    size = size.to(x.dtype)
+    return (x * size).sum(dim=1) / size.sum(dim=1)
+
+
+class Adapter:
+    """One model family: where its layers are, how its tokens are laid out, and its merged layer forward."""
+
+    #: the model classes this adapter patches, for the error message of unsupported models
+    classes: tuple[type, ...] = ()
+    #: proportional attention unless the user says otherwise
+    prop_attn_default: bool = True
+
+    def layers(self, model: nn.Module) -> nn.ModuleList:
+        """The transformer blocks, in order."""
+        raise NotImplementedError
+
+    def layout(self, model: nn.Module) -> TokenLayout:
+        """How the sequence divides for merging at the model's configured input size."""
+        raise NotImplementedError
+
+    def embed(self, model: nn.Module, pixel_values: Tensor, **kwargs: object) -> Tensor:
+        """Tokens entering the first block."""
+        raise NotImplementedError
+
+    def run_original(self, layer: nn.Module, x: Tensor) -> Tensor:
+        """The model's own block, used while nothing has merged yet, so r=0 is bit-identical."""
+        return layer(x)
+
+    def layer_forward(self, layer: nn.Module, state: TokenState, call: LayerCall) -> TokenState:
+        """One block with merging between its attention residual and its MLP."""
+        raise NotImplementedError
+
+    def finish(self, model: nn.Module, state: TokenState, labels: Tensor | None) -> ModelOutput:
+        """Final norm, pooling and head, returning the model's usual output class."""
+        raise NotImplementedError
+
+    def sources(self, state: TokenState, layout: TokenLayout) -> Tensor:
+        """The (batch, final tokens, input tokens) map, in the model's own token order."""
+        if state.source is None:
+            batch, tokens = state.x.shape[:2]
+            return torch.eye(tokens, device=state.x.device).expand(batch, -1, -1)
+        return state.source
+
+
+class PreNormBlockAdapter(Adapter):
+    """Families whose blocks are ``x + attn(norm1(x))`` then ``x + mlp(norm2(x))`` over one joint sequence.
+
+    Subclasses say where each part lives; the block forward and the merge point are written once here.
+    """
+
+    #: a class token at position 0 that must never be merged away
+    protect_first: bool = True
+
+    def qkv(self, layer: nn.Module, h: Tensor) -> tuple[Tensor, Tensor, Tensor, float, float]:
+        """Queries, keys, values (batch, heads, tokens, head dim), the logit scale and the attention dropout."""
+        raise NotImplementedError
+
+    def attention_residual(self, layer: nn.Module, attended: Tensor) -> Tensor:
+        """What the attention branch adds to the residual stream (output projection, layer scale, dropout)."""
+        raise NotImplementedError
+
+    def norm1(self, layer: nn.Module) -> nn.Module:
+        raise NotImplementedError
+
+    def mlp_residual(self, layer: nn.Module, x: Tensor) -> Tensor:
+        """What the MLP branch adds to the residual stream, given the stream itself."""
+        raise NotImplementedError
+
+    def layer_forward(self, layer: nn.Module, state: TokenState, call: LayerCall) -> TokenState:
+        q, k, v, scale, dropout = self.qkv(layer, self.norm1(layer)(state.x))
+        attended = attend(
+            q,
+            k,
+            v,
+            scale=scale,
+            log_size=log_size(state.size, call.plan),
+            implementation=self.implementation(layer),
+            dropout=dropout if layer.training else 0.0,
+        )
+        state = state._replace(x=state.x + self.attention_residual(layer, attended))
+        if call.r > 0:
+            state = reduce_tokens(state, k.mean(dim=1), call, protect_first=self.protect_first)
+        return state._replace(x=state.x + self.mlp_residual(layer, state.x))
+
+    def implementation(self, layer: nn.Module) -> str:
+        """The attention implementation the model was loaded with ("eager", "sdpa", ...)."""
+        return self.config_of(layer)._attn_implementation
+
+    def config_of(self, layer: nn.Module):
+        """The block's configuration object."""
+        raise NotImplementedError
+
+
+def split_heads(x: Tensor, head_dim: int) -> Tensor:
+    """(batch, tokens, heads * head dim) -> (batch, heads, tokens, head dim)."""
+    return x.unflatten(-1, (-1, head_dim)).transpose(1, 2)
+
+
+def projected_qkv(attention: nn.Module, h: Tensor) -> tuple[Tensor, Tensor, Tensor, float, float]:
+    """q, k, v, scale and dropout of a Hugging Face attention with ``q_proj``/``k_proj``/``v_proj`` (ViT family)."""
+    head_dim = attention.head_dim
+    return (
+        split_heads(attention.q_proj(h), head_dim),
+        split_heads(attention.k_proj(h), head_dim),
+        split_heads(attention.v_proj(h), head_dim),
+        attention.scaling,
+        attention.attention_dropout,
+    )
+
+
+def classification_output(model: nn.Module, pooled: Tensor, labels: Tensor | None) -> ImageClassifierOutput:
+    """Logits from a Hugging Face classification model's ``classifier``, and its loss when labels are given."""
+    logits = model.classifier(pooled)
+    loss = None if labels is None else model.loss_function(labels, logits, model.config)
+    return ImageClassifierOutput(loss=loss, logits=logits)

@@ -1,0 +1,78 @@
+"""Honest speed and memory measurements: two variants timed in the same process, interleaved.
+
+Timings on a shared machine drift; interleaving the baseline and the candidate and taking medians makes their
+ratio trustworthy even when the absolute numbers are not.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+from tqdm import tqdm
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for queued work on an accelerator, so wall-clock time covers it."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_interleaved(
+    calls: Sequence[Callable[[], object]],
+    *,
+    warmup: int = 1,
+    repeats: int = 5,
+    device: torch.device | str = "cpu",
+    desc: str | None = None,
+) -> list[float]:
+    """Median seconds per call of each function, measured round-robin after ``warmup`` rounds."""
+    times: list[list[float]] = [[] for _ in calls]
+    rounds = tqdm(range(warmup + repeats), desc=desc, disable=desc is None, leave=False)
+    for round_index in rounds:
+        for call, record in zip(calls, times):
+            synchronize(device)
+            start = time.perf_counter()
+            call()
+            synchronize(device)
+            if round_index >= warmup:
+                record.append(time.perf_counter() - start)
+    return [statistics.median(record) for record in times]
+
+
+def peak_memory_mb(call: Callable[[], object], device: torch.device | str = "cpu") -> float:
+    """Peak memory that torch allocates during ``call``, above what was allocated before it, in MiB.
+
+    CUDA reads the caching allocator's statistics; on the CPU, which keeps none, the profiler's allocation
+    records are summed in time order.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        call()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        call()
+    current = peak = 0
+    events = sorted(prof.profiler.kineto_results.events(), key=lambda event: event.start_ns())
+    for event in events:
+        if event.name() == "[memory]" and event.device_type() == torch.autograd.DeviceType.CPU:
+            current += event.nbytes()
+            peak = max(peak, current)
+    return peak / 2**20
+
+
+def seconds_in_region(call: Callable[[], object], region: str) -> tuple[float, float]:
+    """Seconds ``call`` spends inside ``torch.profiler.record_function(region)`` blocks, and in all, profiled."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        call()
+        total = time.perf_counter() - start
+    inside = sum(event.cpu_time_total for event in prof.events() if event.name == region) / 1e6
+    return inside, total

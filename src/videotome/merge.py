@@ -1,0 +1,190 @@
+"""Token reduction by bipartite soft matching, and the paper's baselines. Knows nothing of models.
+
+Reference semantics (Bolya et al., "Token Merging", ICLR 2023; Pollard & Wray, "Video, How Do Your Tokens Merge?"):
+
+1. The metric is a layer's attention keys averaged over heads, compared by cosine similarity.
+2. The current sequence splits alternately: A = even positions, B = odd positions (or explicit index sets, as the
+   long-video merger uses for its sources and targets).
+3. A protected class token at position 0 (in A) gets score -inf, so it is never merged away.
+4. r is clamped to (N - protected) // 2, at most every removable A token.
+5. Each A token finds its best B match; the r A tokens with the highest scores are reduced into their match.
+6. Merging is a size-weighted average, x_dst = sum(s_i x_i) / sum(s_i), s_dst = sum(s_i); sizes start at 1.
+7. The new order is [the A tokens that stay, in their previous relative order, then all B tokens in order].
+
+Strategies differ only in which pairs are chosen and whether a chosen A token is averaged into its partner
+(``merge``) or removed (``drop``):
+
+- ``merge``: highest cosine pairs, averaged.
+- ``drop``: the same choice, removed instead.
+- ``random_drop``: r random A tokens removed.
+- ``random_merge``: r random A tokens averaged into random B partners.
+- ``hybrid``: highest cosine pairs; merged when their cosine is >= ``threshold``, dropped otherwise.
+
+:func:`bipartite_soft_matching` prepares a :class:`Reduction`; :func:`merge_wavg` and :func:`merge_source` apply it.
+Everything works on a leading batch dimension, sample by sample, so a sample never depends on its batch mates
+(except through the random generator in the random strategies).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+STRATEGIES = ("merge", "drop", "random_drop", "random_merge", "hybrid")
+
+
+class Reduction(NamedTuple):
+    """A prepared reduction of a batch of token sequences, to apply to any per-token tensor.
+
+    Indices refer to positions inside the A and B sets. ``a_idx``/``b_idx`` name those sets as positions of the
+    sequence; ``None`` means the alternating split (A even, B odd). ``weight`` is 1 where a chosen A token is
+    averaged into its partner and 0 where it is dropped; ``None`` means every chosen token is averaged.
+    """
+
+    kept: Tensor
+    src: Tensor
+    dst: Tensor
+    weight: Tensor | None = None
+    a_idx: Tensor | None = None
+    b_idx: Tensor | None = None
+
+    @property
+    def r(self) -> int:
+        """Tokens removed per sequence."""
+        return self.src.shape[1]
+
+
+def clamp_r(r: int, num_tokens: int, protected: int = 0) -> int:
+    """Return the r a layer can really remove from ``num_tokens`` tokens: at most (N - protected) // 2."""
+    return max(0, min(r, (num_tokens - protected) // 2))
+
+
+def _gather(x: Tensor, index: Tensor) -> Tensor:
+    """Rows of x (B, N, C) at index (B, K)."""
+    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def split(x: Tensor, a_idx: Tensor | None = None, b_idx: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Split a per-token tensor (B, N, C) into its A and B sets: alternate positions, or the given index sets."""
+    if a_idx is None:
+        return x[:, ::2], x[:, 1::2]
+    return _gather(x, a_idx), _gather(x, b_idx)
+
+
+def best_match(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Each A token's highest cosine similarity to any B token, and that B token's index: (B, Na), (B, Na)."""
+    a = a / a.norm(dim=-1, keepdim=True)
+    b = b / b.norm(dim=-1, keepdim=True)
+    return (a @ b.transpose(-1, -2)).max(dim=-1)
+
+
+def select(scores: Tensor, partner: Tensor, r: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The r highest-scoring A tokens and their partners; the others kept in their previous order.
+
+    Returns ``kept`` (B, Na - r) ascending, ``src`` (B, r) and ``dst`` (B, r). Ties keep the earlier token.
+    """
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    src = order[:, :r]
+    kept = torch.sort(order[:, r:], dim=-1).values
+    return kept, src, partner.gather(1, src)
+
+
+def bipartite_soft_matching(
+    metric: Tensor,
+    r: int,
+    *,
+    protect_first: bool = False,
+    strategy: str = "merge",
+    threshold: float | None = None,
+    generator: torch.Generator | None = None,
+    a_idx: Tensor | None = None,
+    b_idx: Tensor | None = None,
+) -> Reduction:
+    """Prepare the reduction of r tokens per sequence from ``metric`` (B, N, C), usually the heads' mean key.
+
+    ``protect_first`` keeps position 0 (a class token) out of the removed set. ``a_idx``/``b_idx`` (B, Na)/(B, Nb)
+    replace the alternating split with explicit sets (the removable set A and the receiving set B).
+    ``r`` is clamped as in :func:`clamp_r`. Random strategies draw from ``generator`` (the global one if None).
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy={strategy!r} is not one of {STRATEGIES}")
+    if strategy == "hybrid" and threshold is None:
+        raise ValueError("strategy='hybrid' needs a cosine threshold in [-1, 1], got threshold=None")
+    batch, num_tokens = metric.shape[:2]
+    if a_idx is None:
+        num_a, num_b = (num_tokens + 1) // 2, num_tokens // 2
+        r = clamp_r(r, num_tokens, int(protect_first))
+    else:
+        num_a, num_b = a_idx.shape[1], b_idx.shape[1]
+        r = max(0, min(r, num_a - int(protect_first)))
+
+    if strategy.startswith("random"):
+        device = generator.device if generator is not None else metric.device
+        scores = torch.rand(batch, num_a, generator=generator, device=device).to(metric.device)
+        if strategy == "random_merge":
+            partner = torch.randint(num_b, (batch, num_a), generator=generator, device=device).to(metric.device)
+        else:
+            partner = torch.zeros(batch, num_a, dtype=torch.long, device=metric.device)
+    else:
+        scores, partner = best_match(*split(metric, a_idx, b_idx))
+    if protect_first:
+        scores = scores.clone()
+        scores[:, 0] = -math.inf
+    kept, src, dst = select(scores, partner, r)
+
+    weight = None
+    if strategy in ("drop", "random_drop"):
+        weight = torch.zeros(src.shape, dtype=metric.dtype, device=metric.device)
+    elif strategy == "hybrid":
+        weight = (scores.gather(1, src) >= threshold).to(metric.dtype)
+    return Reduction(kept, src, dst, weight, a_idx, b_idx)
+
+
+def apply(reduction: Reduction, x: Tensor) -> Tensor:
+    """Reduce a per-token tensor (B, N, C): kept A tokens, then B tokens with chosen A tokens summed in.
+
+    Use :func:`merge_wavg` for features; summing is right for quantities that add up (sizes, source maps).
+    """
+    a, b = split(x, reduction.a_idx, reduction.b_idx)
+    kept = _gather(a, reduction.kept)
+    src = _gather(a, reduction.src)
+    if reduction.weight is not None:
+        src = src * reduction.weight.unsqueeze(-1).to(src.dtype)
+    dst = b.scatter_add(1, reduction.dst.unsqueeze(-1).expand(-1, -1, x.shape[-1]), src)
+    return torch.cat([kept, dst], dim=1)
+
+
+def merge_wavg(reduction: Reduction, x: Tensor, size: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Size-weighted average merge of features x (B, N, C); returns the new x and sizes (B, N', 1).
+
+    ``size`` None means every token holds one patch. Half-precision inputs are averaged in float32.
+    """
+    if size is None:
+        size = torch.ones(x.shape[0], x.shape[1], 1, dtype=torch.float32, device=x.device)
+    work = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    size = size.to(work)
+    total = apply(reduction, torch.cat([x.to(work) * size, size], dim=-1))
+    new_size = total[..., -1:]
+    return (total[..., :-1] / new_size).to(x.dtype), new_size
+
+
+def merge_source(reduction: Reduction, source: Tensor | None, num_tokens: int | None = None) -> Tensor:
+    """Carry the (B, N, N_input) map of which input tokens each token holds through a reduction.
+
+    ``source`` None starts from the identity over ``num_tokens`` input tokens. Dropped tokens leave their
+    input tokens unassigned (a zero column).
+    """
+    if source is None:
+        batch = reduction.kept.shape[0]
+        eye = torch.eye(num_tokens, device=reduction.kept.device)
+        source = eye.unsqueeze(0).expand(batch, -1, -1)
+    return apply(reduction, source)
+
+
+def repeat(reduction: Reduction, times: int) -> Reduction:
+    """Repeat each sample's reduction ``times`` times along the batch, for groups that share one matching
+    (every frame of a clip in aligned mode, where row b * times + t is frame t of clip b)."""
+    return Reduction(*(None if t is None else t.repeat_interleave(times, dim=0) for t in reduction))

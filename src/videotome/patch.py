@@ -1,0 +1,151 @@
+"""Patching a model: ``patch``, ``unpatch``, ``plan`` and ``sources``.
+
+Patching sets one attribute on the model instance, a :class:`Patch` holding the adapter and the immutable
+:class:`~videotome.plan.MergePlan`, and replaces the instance's ``forward`` with :func:`merged_forward`. The classes,
+the weights and every other instance are untouched, so :func:`unpatch` restores the original exactly.
+
+The patched forward runs the model's own embedding, then its blocks one by one: a block before any merge runs the
+model's own code (so r = 0 is bit-identical), later blocks run the adapter's merged forward, with sizes and source
+maps passed from block to block as values, never stored on modules.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+from transformers.modeling_outputs import ModelOutput
+
+from .adapters import ADAPTERS, find_adapter
+from .adapters.base import Adapter, LayerCall, TokenState
+from .plan import MergePlan, build_plan
+
+_ATTRIBUTE = "_videotome"
+
+
+@dataclass
+class Patch:
+    """What a patched model carries: its adapter, its plan, and the source map of the last traced forward."""
+
+    adapter: Adapter
+    plan: MergePlan
+    last_sources: Tensor | None = None
+
+
+def patch(
+    model: nn.Module,
+    r: int | float,
+    *,
+    schedule: str | Sequence[int] = "constant",
+    strategy: str = "merge",
+    threshold: float | None = None,
+    prop_attn: bool | None = None,
+    divided: str = "per_frame",
+    trace_source: bool = False,
+    seed: int | None = None,
+) -> nn.Module:
+    """Make ``model`` merge tokens in every layer; returns the same model, patched in place.
+
+    Args:
+        r: tokens removed per layer (per frame for divided space-time models): an int, or a float in (0, 1) meaning
+            that fraction of the initial mergeable (non-class) token count. Each layer clamps it to
+            (N - protected) // 2; :func:`plan` shows the clamped values.
+        schedule: "constant", "increasing" (0 up to 2r), "decreasing" (2r down to 0), or one int per layer.
+        strategy: "merge", "drop", "random_drop", "random_merge" or "hybrid" (merge pairs whose key cosine is
+            >= ``threshold``, drop the others).
+        prop_attn: proportional attention (log size added to attention logits); None takes the family's default.
+        divided: for divided space-time models, "per_frame" (each frame matched on its own) or "aligned" (one
+            matching from frame-averaged keys, the same merges in every frame).
+        trace_source: keep the map of which input tokens each output token holds; read it with :func:`sources`.
+        seed: makes the random strategies reproducible.
+
+    Patching an already patched model replaces its plan.
+    """
+    adapter = find_adapter(model)
+    if adapter is None:
+        supported = ", ".join(cls.__name__ for a in ADAPTERS for cls in a.classes)
+        raise TypeError(f"{type(model).__name__} is not supported by videotome.patch; supported classes: {supported}")
+    plan = build_plan(
+        r,
+        len(adapter.layers(model)),
+        adapter.layout(model),
+        schedule=schedule,
+        strategy=strategy,
+        threshold=threshold,
+        prop_attn=adapter.prop_attn_default if prop_attn is None else bool(prop_attn),
+        divided=divided,
+        trace_source=trace_source,
+        seed=seed,
+    )
+    setattr(model, _ATTRIBUTE, Patch(adapter, plan))
+    model.forward = types.MethodType(merged_forward, model)
+    return model
+
+
+def unpatch(model: nn.Module) -> nn.Module:
+    """Restore the model's own forward; a model that is not patched is returned unchanged."""
+    if hasattr(model, _ATTRIBUTE):
+        delattr(model, _ATTRIBUTE)
+        del model.forward
+    return model
+
+
+def _patch_of(model: nn.Module) -> Patch:
+    try:
+        return getattr(model, _ATTRIBUTE)
+    except AttributeError:
+        raise ValueError(f"{type(model).__name__} is not patched; call videotome.patch(model, r) first") from None
+
+
+def plan(model: nn.Module) -> MergePlan:
+    """The plan of a patched model; ``print`` it for the per-layer requested r, clamped r and token counts."""
+    return _patch_of(model).plan
+
+
+def sources(model: nn.Module) -> Tensor:
+    """The (batch, final tokens, input tokens) 0/1 map of the last forward of a model patched with trace_source.
+
+    Rows follow the output sequence, columns the embedding's input tokens, both in the model's own order; a
+    column of zeros is a patch that was dropped.
+    """
+    record = _patch_of(model)
+    if not record.plan.trace_source:
+        raise ValueError("sources() needs videotome.patch(model, r, trace_source=True)")
+    if record.last_sources is None:
+        raise ValueError("sources() has nothing yet: run a forward pass of the patched model first")
+    return record.last_sources
+
+
+def merged_forward(
+    self: nn.Module,
+    pixel_values: Tensor,
+    labels: Tensor | None = None,
+    output_hidden_states: bool | None = None,
+    return_dict: bool | None = None,
+    **embedding_options: object,
+) -> ModelOutput | tuple:
+    """The forward of a patched model: the model's own embedding, merged blocks, the model's own head.
+
+    ``output_hidden_states`` gives each block's output (their token counts shrink); ``embedding_options`` are
+    passed to the embedding (``interpolate_pos_encoding``, ``bool_masked_pos`` where the family has them).
+    """
+    record: Patch = getattr(self, _ATTRIBUTE)
+    adapter, merge_plan = record.adapter, record.plan
+    state = TokenState(adapter.embed(self, pixel_values, **embedding_options))
+    hidden_states = [state.x] if output_hidden_states else None
+    for index, layer in enumerate(adapter.layers(self)):
+        r = merge_plan.r[index]
+        if state.size is None and r == 0:
+            state = state._replace(x=adapter.run_original(layer, state.x))
+        else:
+            state = adapter.layer_forward(layer, state, LayerCall(index, r, merge_plan))
+        if hidden_states is not None:
+            hidden_states.append(state.x)
+    if merge_plan.trace_source:
+        record.last_sources = adapter.sources(state, merge_plan.layout)
+    output = adapter.finish(self, state, labels)
+    if hidden_states is not None:
+        output["hidden_states"] = tuple(hidden_states)
+    return output if return_dict is not False else output.to_tuple()
