@@ -166,9 +166,8 @@ def merge_wavg(reduction: Reduction, x: Tensor, size: Tensor | None) -> tuple[Te
         size = torch.ones(x.shape[0], x.shape[1], 1, dtype=torch.float32, device=x.device)
     work = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
     size = size.to(work)
-    total = apply(reduction, torch.cat([x.to(work) * size, size], dim=-1))
-    new_size = total[..., -1:]
-    return (total[..., :-1] / new_size).to(x.dtype), new_size
+    new_size = apply(reduction, size)
+    return (apply(reduction, x.to(work) * size) / new_size).to(x.dtype), new_size
 
 
 def merge_source(reduction: Reduction, source: Tensor | None, num_tokens: int | None = None) -> Tensor:

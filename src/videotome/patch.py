@@ -144,7 +144,7 @@ def merged_forward(
         if hidden_states is not None:
             hidden_states.append(state.x)
     if merge_plan.trace_source:
-        record.last_sources = adapter.sources(state, merge_plan.layout)
+        record.last_sources = adapter.sources(state)
     output = adapter.finish(self, state, labels)
     if hidden_states is not None:
         output["hidden_states"] = tuple(hidden_states)

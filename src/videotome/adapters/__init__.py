@@ -5,11 +5,19 @@ from __future__ import annotations
 from torch import nn
 
 from .base import Adapter
+from .motionformer import MotionformerAdapter
 from .timesformer import TimesformerAdapter
 from .videomae import VideoMAEAdapter
 from .vit import Dinov2Adapter, ViTAdapter, VivitAdapter
 
-ADAPTERS: list[Adapter] = [VideoMAEAdapter(), VivitAdapter(), TimesformerAdapter(), ViTAdapter(), Dinov2Adapter()]
+ADAPTERS: list[Adapter] = [
+    VideoMAEAdapter(),
+    VivitAdapter(),
+    TimesformerAdapter(),
+    MotionformerAdapter(),
+    ViTAdapter(),
+    Dinov2Adapter(),
+]
 
 
 def find_adapter(model: nn.Module) -> Adapter | None:

@@ -82,37 +82,84 @@ def layer_generator(call: LayerCall, device: torch.device) -> torch.Generator | 
     return torch.Generator(device=device).manual_seed(call.plan.seed * 1_000_003 + call.index)
 
 
-def reduce_tokens(
-    state: TokenState,
-    metric: Tensor,
-    call: LayerCall,
-    *,
-    protect_first: bool,
-    shared_groups: int = 1,
-) -> TokenState:
-    """Match on ``metric`` (batch, tokens, C) and reduce the state's tokens, sizes and source map.
+def prepare_reduction(
+    metric: Tensor, call: LayerCall, *, protect_first: bool, shared_groups: int = 1
+) -> merge.Reduction:
+    """Match on ``metric`` (batch, tokens, C) with the plan's strategy and this layer's r.
 
     ``shared_groups`` > 1 makes consecutive rows of the batch share one matching computed from their mean
     metric (every frame of a clip in aligned mode), so all of them merge the same positions.
     """
     plan = call.plan
+    if shared_groups > 1:
+        metric = metric.unflatten(0, (-1, shared_groups)).mean(dim=1)
+    reduction = merge.bipartite_soft_matching(
+        metric,
+        call.r,
+        protect_first=protect_first,
+        strategy=plan.strategy,
+        threshold=plan.threshold,
+        generator=layer_generator(call, metric.device),
+    )
+    return merge.repeat(reduction, shared_groups) if shared_groups > 1 else reduction
+
+
+def identity_source(x: Tensor) -> Tensor:
+    """The source map before any merge: each of the (batch, tokens) tokens holds itself."""
+    return torch.eye(x.shape[1], dtype=torch.float32, device=x.device).expand(x.shape[0], -1, -1)
+
+
+def reduce_tokens(state: TokenState, metric: Tensor, call: LayerCall, *, protect_first: bool) -> TokenState:
+    """Match on ``metric`` (batch, tokens, C) and reduce a joint sequence's tokens, sizes and source map."""
     with torch.profiler.record_function(MERGE_REGION):
-        if shared_groups > 1:
-            metric = metric.unflatten(0, (-1, shared_groups)).mean(dim=1)
-        reduction = merge.bipartite_soft_matching(
-            metric,
-            call.r,
-            protect_first=protect_first,
-            strategy=plan.strategy,
-            threshold=plan.threshold,
-            generator=layer_generator(call, metric.device),
-        )
-        if shared_groups > 1:
-            reduction = merge.repeat(reduction, shared_groups)
+        reduction = prepare_reduction(metric, call, protect_first=protect_first)
         x, size = merge.merge_wavg(reduction, state.x, state.size)
         source = state.source
-        if plan.trace_source:
+        if call.plan.trace_source:
             source = merge.merge_source(reduction, source, state.x.shape[1])
+    return TokenState(x, size, source)
+
+
+def to_frames(x: Tensor, frames: int, *, frame_major: bool) -> Tensor:
+    """(batch, 1 + frames * count, C) in the model's order -> each frame's tokens, (batch * frames, count, C).
+
+    Frame-major sequences hold token 1 + t * count + p, patch-major ones token 1 + p * frames + t; the class
+    token at position 0 is left out. Row b * frames + t is frame t of clip b.
+    """
+    patches = x[:, 1:]
+    if frame_major:
+        return patches.reshape(x.shape[0] * frames, -1, x.shape[-1])
+    return patches.unflatten(1, (-1, frames)).transpose(1, 2).flatten(0, 1)
+
+
+def from_frames(per_frame: Tensor, frames: int, *, frame_major: bool) -> Tensor:
+    """The inverse of :func:`to_frames`, without the class token: (batch, frames * count, C) in the model's order."""
+    clips = per_frame.unflatten(0, (-1, frames))
+    if not frame_major:
+        clips = clips.transpose(1, 2)
+    return clips.flatten(1, 2)
+
+
+def reduce_frames(
+    x: Tensor, state: TokenState, metric: Tensor, call: LayerCall, frames: int, *, frame_major: bool
+) -> TokenState:
+    """Reduce each frame of a divided model's sequence x (batch, 1 + frames * count, C) on its own.
+
+    ``metric`` is per frame, (batch * frames, count, C'). ``per_frame`` mode matches every frame on its own keys;
+    ``aligned`` mode matches once per clip on the frame-averaged keys and applies the same merges to every frame.
+    Sizes stay per frame, (batch * frames, count, 1); the source map stays in the model's order and goes through
+    the very reshapes the features go through, so it shows where each token's patches really come from.
+    """
+    with torch.profiler.record_function(MERGE_REGION):
+        shared = frames if call.plan.divided == "aligned" else 1
+        reduction = prepare_reduction(metric, call, protect_first=False, shared_groups=shared)
+        per_frame, size = merge.merge_wavg(reduction, to_frames(x, frames, frame_major=frame_major), state.size)
+        x = torch.cat([x[:, :1], from_frames(per_frame, frames, frame_major=frame_major)], dim=1)
+        source = state.source
+        if call.plan.trace_source:
+            source = identity_source(state.x) if source is None else source
+            reduced = merge.apply(reduction, to_frames(source, frames, frame_major=frame_major))
+            source = torch.cat([source[:, :1], from_frames(reduced, frames, frame_major=frame_major)], dim=1)
     return TokenState(x, size, source)
 
 
@@ -156,12 +203,9 @@ class Adapter:
         """Final norm, pooling and head, returning the model's usual output class."""
         raise NotImplementedError
 
-    def sources(self, state: TokenState, layout: TokenLayout) -> Tensor:
+    def sources(self, state: TokenState) -> Tensor:
         """The (batch, final tokens, input tokens) map, in the model's own token order."""
-        if state.source is None:
-            batch, tokens = state.x.shape[:2]
-            return torch.eye(tokens, device=state.x.device).expand(batch, -1, -1)
-        return state.source
+        return identity_source(state.x) if state.source is None else state.source
 
 
 class PreNormBlockAdapter(Adapter):
@@ -235,3 +279,4 @@ def classification_output(model: nn.Module, pooled: Tensor, labels: Tensor | Non
     logits = model.classifier(pooled)
     loss = None if labels is None else model.loss_function(labels, logits, model.config)
     return ImageClassifierOutput(loss=loss, logits=logits)
+

@@ -21,7 +21,16 @@ from transformers import TimesformerForVideoClassification, TimesformerModel
 from transformers.modeling_outputs import BaseModelOutput, ModelOutput
 
 from ..plan import TokenLayout
-from .base import Adapter, LayerCall, TokenState, attend, classification_output, log_size, reduce_tokens
+from .base import (
+    Adapter,
+    LayerCall,
+    TokenState,
+    attend,
+    classification_output,
+    from_frames,
+    log_size,
+    reduce_frames,
+)
 
 
 def _qkv(attention: nn.Module, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -98,22 +107,11 @@ class TimesformerAdapter(Adapter):
         spatial = layer.drop_path(spatial)
         cls = cls + spatial[:, :1].unflatten(0, (batch, frames)).mean(dim=1)
         per_frame = per_frame + spatial[:, 1:]
+        x = torch.cat([cls, from_frames(per_frame, frames, frame_major=False)], dim=1)
 
         if call.r > 0:
-            aligned = call.plan.divided == "aligned"
-            merged = reduce_tokens(
-                TokenState(per_frame, state.size, state.source),
-                keys.mean(dim=1)[:, 1:],
-                call,
-                protect_first=False,
-                shared_groups=frames if aligned else 1,
-            )
-            per_frame, size, source = merged
-            state = TokenState(state.x, size, source)
-            slots = per_frame.shape[1]
-
-        patches = per_frame.unflatten(0, (batch, frames)).transpose(1, 2).reshape(batch, slots * frames, channels)
-        x = torch.cat([cls, patches], dim=1)
+            state = reduce_frames(x, state, keys.mean(dim=1)[:, 1:], call, frames, frame_major=False)
+            x = state.x
         mlp = layer.output(layer.intermediate(layer.layernorm_after(x)))
         return state._replace(x=x + layer.drop_path(mlp))
 
@@ -123,18 +121,3 @@ class TimesformerAdapter(Adapter):
         if model is base:
             return BaseModelOutput(last_hidden_state=x)
         return classification_output(model, x[:, 0], labels)
-
-    def sources(self, state: TokenState, layout: TokenLayout) -> Tensor:
-        """Per-frame source maps assembled into the model's patch-major order, class token first."""
-        if state.source is None:
-            return super().sources(state, layout)
-        frames = layout.groups
-        per_frame = state.source.unflatten(0, (-1, frames))
-        batch, _, slots, patches = per_frame.shape
-        # block-diagonal over frames: [b, slot, t, patch, t'] = per_frame[b, t, slot, patch] if t == t'
-        blocks = torch.diag_embed(per_frame.permute(0, 2, 3, 1)).permute(0, 1, 3, 2, 4)
-        body = blocks.reshape(batch, slots * frames, patches * frames)
-        full = body.new_zeros(batch, 1 + slots * frames, 1 + patches * frames)
-        full[:, 0, 0] = 1
-        full[:, 1:, 1:] = body
-        return full

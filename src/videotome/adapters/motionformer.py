@@ -1,0 +1,63 @@
+"""Motionformer: trajectory attention over frame-major tokens, merged per frame with the same r in every frame.
+
+Tokens are laid out frame-major: token ``1 + t * count + p`` is patch p of frame t, after one class token. Merging
+runs on each frame's own tokens (a reshape of the frame-major sequence, so a merged token never holds patches of two
+frames), after the attention residual and before the MLP, from the trajectory attention's keys. Proportional
+attention adds log sizes in the class token's attention and in the per-frame spatial softmax.
+
+``divided="aligned"`` matches once per clip on frame-averaged keys, so every frame merges the same places and a
+trajectory still compares the same places across frames.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ModelOutput
+
+from ..models.motionformer import MotionformerForVideoClassification, MotionformerModel
+from ..plan import TokenLayout
+from .base import Adapter, LayerCall, TokenState, log_size, reduce_frames, to_frames
+
+
+class MotionformerAdapter(Adapter):
+    classes = (MotionformerModel, MotionformerForVideoClassification)
+
+    def base(self, model: nn.Module) -> MotionformerModel:
+        return model.motionformer if isinstance(model, MotionformerForVideoClassification) else model
+
+    def layers(self, model: nn.Module) -> nn.ModuleList:
+        return self.base(model).blocks
+
+    def layout(self, model: nn.Module) -> TokenLayout:
+        config = model.config
+        return TokenLayout(groups=config.num_temporal_tokens, tokens_per_group=config.tokens_per_frame, shared=1)
+
+    def embed(self, model: nn.Module, pixel_values: Tensor) -> Tensor:
+        return self.base(model).embed(pixel_values)
+
+    def run_original(self, layer: nn.Module, x: Tensor) -> Tensor:
+        return layer(x, layer.config.num_temporal_tokens)
+
+    def layer_forward(self, layer: nn.Module, state: TokenState, call: LayerCall) -> TokenState:
+        frames = layer.config.num_temporal_tokens
+        x = state.x
+        batch, _, channels = x.shape
+        bias = log_size(state.size, call.plan)
+        if bias is not None:
+            bias = torch.cat([bias.new_zeros(batch, 1), bias.reshape(batch, -1)], dim=1)
+        q, k, v = layer.attn.compute_qkv(layer.norm1(x))
+        x = x + layer.drop_path(layer.attn.attend(q, k, v, frames, bias))
+        if call.r > 0:
+            metric = to_frames(k.mean(dim=1), frames, frame_major=True)
+            state = reduce_frames(x, state, metric, call, frames, frame_major=True)
+            x = state.x
+        x = x + layer.drop_path(layer.mlp(layer.norm2(x)))
+        return state._replace(x=x)
+
+    def finish(self, model: nn.Module, state: TokenState, labels: Tensor | None) -> ModelOutput:
+        base = self.base(model)
+        x = base.norm(state.x)
+        if model is base:
+            return BaseModelOutputWithPooling(last_hidden_state=x, pooler_output=x[:, 0])
+        return model.classify(x[:, 0], labels)

@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny models of every supported family, built from configs (no downloads)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import (
+    Dinov2Config,
+    Dinov2Model,
+    TimesformerConfig,
+    TimesformerForVideoClassification,
+    VideoMAEConfig,
+    VideoMAEForVideoClassification,
+    ViTConfig,
+    ViTModel,
+    VivitConfig,
+    VivitForVideoClassification,
+)
+
+from videotome.models import MotionformerConfig, MotionformerForVideoClassification
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+FAMILIES = ("videomae", "vivit", "timesformer", "motionformer", "vit", "dinov2")
+_COMMON = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64)
+
+
+def tiny_model(family: str, seed: int = 0) -> torch.nn.Module:
+    """A 3-layer, 32-wide model of the family, in eval mode, with seeded random weights."""
+    torch.manual_seed(seed)
+    if family == "videomae":
+        config = VideoMAEConfig(image_size=32, patch_size=8, num_frames=4, tubelet_size=2, num_labels=5, **_COMMON)
+        model = VideoMAEForVideoClassification(config)
+    elif family == "vivit":
+        config = VivitConfig(image_size=32, num_frames=4, tubelet_size=[2, 8, 8], num_labels=5, **_COMMON)
+        model = VivitForVideoClassification(config)
+    elif family == "timesformer":
+        config = TimesformerConfig(image_size=32, patch_size=8, num_frames=4, num_labels=5, **_COMMON)
+        model = TimesformerForVideoClassification(config)
+    elif family == "motionformer":
+        config = MotionformerConfig(image_size=32, patch_size=8, num_frames=8, tubelet_size=2, num_labels=5, **_COMMON)
+        model = MotionformerForVideoClassification(config)
+    elif family == "vit":
+        model = ViTModel(ViTConfig(image_size=32, patch_size=8, **_COMMON))
+    elif family == "dinov2":
+        common = {k: v for k, v in _COMMON.items() if k != "intermediate_size"}
+        model = Dinov2Model(Dinov2Config(image_size=32, patch_size=8, layerscale_value=0.5, **common))
+    else:
+        raise ValueError(family)
+    return model.eval()
+
+
+def tiny_input(family: str, batch: int = 2, seed: int = 1) -> torch.Tensor:
+    """Pixel values for :func:`tiny_model`: 32x32 images, or clips of 4 frames (8 for Motionformer's tubelets)."""
+    generator = torch.Generator().manual_seed(seed)
+    frames = 8 if family == "motionformer" else 4
+    shape = (batch, 3, 32, 32) if family in ("vit", "dinov2") else (batch, frames, 3, 32, 32)
+    return torch.randn(shape, generator=generator)
+
+
+def main_output(output) -> torch.Tensor:
+    """Logits of a classifier, the last hidden state of a backbone."""
+    return output["logits"] if "logits" in output else output["last_hidden_state"]
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request) -> str:
+    return request.param
