@@ -262,16 +262,9 @@ def split_heads(x: Tensor, head_dim: int) -> Tensor:
     return x.unflatten(-1, (-1, head_dim)).transpose(1, 2)
 
 
-def projected_qkv(attention: nn.Module, h: Tensor) -> tuple[Tensor, Tensor, Tensor, float, float]:
-    """q, k, v, scale and dropout of a Hugging Face attention with ``q_proj``/``k_proj``/``v_proj`` (ViT family)."""
-    head_dim = attention.head_dim
-    return (
-        split_heads(attention.q_proj(h), head_dim),
-        split_heads(attention.k_proj(h), head_dim),
-        split_heads(attention.v_proj(h), head_dim),
-        attention.scaling,
-        attention.attention_dropout,
-    )
+def project_heads(h: Tensor, projections: tuple[nn.Module, ...], head_dim: int) -> tuple[Tensor, ...]:
+    """Apply each projection (queries, keys, values) to h and split it into heads: (batch, heads, tokens, head dim)."""
+    return tuple(split_heads(project(h), head_dim) for project in projections)
 
 
 def classification_output(model: nn.Module, pooled: Tensor, labels: Tensor | None) -> ImageClassifierOutput:

@@ -11,7 +11,7 @@ from transformers import VideoMAEForVideoClassification, VideoMAEModel
 from transformers.modeling_outputs import BaseModelOutput, ModelOutput
 
 from ..plan import TokenLayout
-from .base import PreNormBlockAdapter, TokenState, classification_output, split_heads, weighted_mean
+from .base import PreNormBlockAdapter, TokenState, classification_output, project_heads, weighted_mean
 
 
 class VideoMAEAdapter(PreNormBlockAdapter):
@@ -35,14 +35,9 @@ class VideoMAEAdapter(PreNormBlockAdapter):
 
     def qkv(self, layer: nn.Module, h: Tensor) -> tuple[Tensor, Tensor, Tensor, float, float]:
         attention = layer.attention.attention
-        head_dim = attention.attention_head_size
-        return (
-            split_heads(attention.query(h), head_dim),
-            split_heads(attention.key(h), head_dim),
-            split_heads(attention.value(h), head_dim),
-            attention.scaling,
-            attention.dropout_prob,
-        )
+        projections = (attention.query, attention.key, attention.value)
+        q, k, v = project_heads(h, projections, attention.attention_head_size)
+        return q, k, v, attention.scaling, attention.dropout_prob
 
     def attention_residual(self, layer: nn.Module, attended: Tensor) -> Tensor:
         output = layer.attention.output

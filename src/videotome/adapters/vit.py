@@ -10,7 +10,7 @@ from transformers import Dinov2Model, ViTModel, VivitForVideoClassification, Viv
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ModelOutput
 
 from ..plan import TokenLayout
-from .base import PreNormBlockAdapter, TokenState, classification_output, projected_qkv
+from .base import PreNormBlockAdapter, TokenState, classification_output, project_heads
 
 
 class ViTBlockAdapter(PreNormBlockAdapter):
@@ -20,7 +20,10 @@ class ViTBlockAdapter(PreNormBlockAdapter):
         return layer(x, None)
 
     def qkv(self, layer: nn.Module, h: Tensor) -> tuple[Tensor, Tensor, Tensor, float, float]:
-        return projected_qkv(layer.attention, h)
+        attention = layer.attention
+        projections = (attention.q_proj, attention.k_proj, attention.v_proj)
+        q, k, v = project_heads(h, projections, attention.head_dim)
+        return q, k, v, attention.scaling, attention.attention_dropout
 
     def attention_residual(self, layer: nn.Module, attended: Tensor) -> Tensor:
         return layer.dropout(layer.attention.o_proj(attended))

@@ -2,6 +2,7 @@
 
 from transformers import AutoConfig, AutoModel, AutoModelForVideoClassification
 
+from videotome.models import motionformer
 from videotome.models.motionformer import (
     MotionformerAttention,
     MotionformerConfig,
@@ -20,15 +21,4 @@ AutoConfig.register(MotionformerConfig.model_type, MotionformerConfig, exist_ok=
 AutoModel.register(MotionformerConfig, MotionformerModel, exist_ok=True)
 AutoModelForVideoClassification.register(MotionformerConfig, MotionformerForVideoClassification, exist_ok=True)
 
-__all__ = [
-    "MotionformerAttention",
-    "MotionformerConfig",
-    "MotionformerForVideoClassification",
-    "MotionformerLayer",
-    "MotionformerModel",
-    "MotionformerPreTrainedModel",
-    "MotionformerVideoClassifierOutput",
-    "infer_config_from_official",
-    "load_official_state_dict",
-    "official_to_hf_key",
-]
+__all__ = motionformer.__all__

@@ -1,0 +1,31 @@
+"""The bench command on a tiny checkpoint saved by the test: its JSON line and its figures' consistency."""
+
+import json
+
+import pytest
+from conftest import tiny_model
+
+from videotome.bench import load_model
+from videotome.cli import main
+
+KEYS = {
+    "model", "r", "schedule", "strategy", "batch_size", "baseline_clips_per_s", "merged_clips_per_s", "speedup",
+    "flops_ratio", "baseline_gflops", "merged_gflops", "merge_time_fraction", "tokens_per_layer",
+}
+
+
+@pytest.mark.parametrize("family", ["videomae", "timesformer", "motionformer"])
+def test_bench_json_on_a_local_checkpoint(tmp_path, capsys, family):
+    tiny_model(family).save_pretrained(tmp_path)
+    assert main(["bench", "--model", str(tmp_path), "--r", "3", "--repeats", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert KEYS <= set(result)
+    assert result["flops_ratio"] > 1 and result["merged_gflops"] < result["baseline_gflops"]
+    assert result["speedup"] == pytest.approx(result["merged_clips_per_s"] / result["baseline_clips_per_s"])
+    assert result["tokens_per_layer"][0] > result["tokens_per_layer"][-1]
+    assert 0 <= result["merge_time_fraction"] < 1
+
+
+def test_bench_refuses_an_unknown_model():
+    with pytest.raises(ValueError, match="'no-such-model' is neither a built-in name"):
+        load_model("no-such-model")
