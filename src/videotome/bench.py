@@ -19,7 +19,9 @@ from tqdm import tqdm
 
 from . import patch, plan
 from .adapters.base import MERGE_REGION
+from .loading import load_local_model
 from .measure import peak_memory_mb, seconds_in_region, time_interleaved
+from .plan import parse_r
 
 #: frames of a clip for an image model, which sees them as a batch
 IMAGE_FRAMES_PER_CLIP = 8
@@ -59,17 +61,9 @@ def load_model(name_or_path: str) -> nn.Module:
     if name_or_path in builders:
         torch.manual_seed(0)
         return builders[name_or_path]().eval()
-    path = Path(name_or_path)
-    if not path.is_dir():
+    if not Path(name_or_path).is_dir():
         raise ValueError(f"--model {name_or_path!r} is neither a built-in name {BUILTIN_MODELS} nor a local directory")
-    from transformers import AutoConfig, AutoModel, AutoModelForVideoClassification
-
-    from . import models  # noqa: F401  (registers Motionformer with the Auto classes)
-
-    config = AutoConfig.from_pretrained(path, local_files_only=True)
-    video = config.model_type in ("videomae", "vivit", "timesformer", "motionformer")
-    auto = AutoModelForVideoClassification if video else AutoModel
-    return auto.from_pretrained(path, local_files_only=True).eval()
+    return load_local_model(name_or_path)
 
 
 def example_input(model: nn.Module, batch_size: int) -> tuple[torch.Tensor, int]:
@@ -182,16 +176,11 @@ def run_bench(
     )
 
 
-def _number(text: str) -> float:
-    value = float(text)
-    return int(value) if value.is_integer() and "." not in text else value
-
-
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add ``videotome bench``."""
     parser = subparsers.add_parser("bench", help="time a model unmerged and merged in the same process")
     parser.add_argument("--model", required=True, help=f"one of {', '.join(BUILTIN_MODELS)}, or a local directory")
-    parser.add_argument("--r", type=_number, required=True, help="tokens per layer (int) or a fraction in (0, 1)")
+    parser.add_argument("--r", type=parse_r, required=True, help="tokens per layer (int) or a fraction in (0, 1)")
     parser.add_argument("--schedule", default="constant", choices=("constant", "increasing", "decreasing"))
     parser.add_argument("--strategy", default="merge")
     parser.add_argument("--threshold", type=float, default=None, help="cosine threshold of the hybrid strategy")

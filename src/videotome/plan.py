@@ -118,6 +118,17 @@ def schedule_r(r: int, num_layers: int, schedule: str | Sequence[int]) -> tuple[
     return tuple(int(start + step * i) for i in range(num_layers))
 
 
+def parse_r(text: str) -> int | float:
+    """Read r from the command line: an integer number of tokens per layer, or a fraction in (0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"r must be an integer or a fraction in (0, 1), got {text!r}") from None
+    if value < 0 or (not value.is_integer() and value >= 1):
+        raise ValueError(f"r must be a non-negative integer or a fraction in (0, 1), got {text!r}")
+    return int(value) if value.is_integer() else value
+
+
 def resolve_r(r: int | float, layout: TokenLayout) -> int:
     """Tokens per layer from an int, or from a fraction in (0, 1) of each group's initial mergeable tokens."""
     if isinstance(r, bool) or not isinstance(r, (int, float)):

@@ -1,0 +1,19 @@
+"""Evaluation of (token-merged) video classifiers: accuracy, speed, resumable results, tables and plots."""
+
+from .datasets import AnnotationError, Sample, load_samples
+from .harness import EvalConfig, EvaluationError, evaluate
+from .report import write_report
+from .results import ResultsError, compute_metrics, read_runs
+
+__all__ = [
+    "AnnotationError",
+    "EvalConfig",
+    "EvaluationError",
+    "ResultsError",
+    "Sample",
+    "compute_metrics",
+    "evaluate",
+    "load_samples",
+    "read_runs",
+    "write_report",
+]

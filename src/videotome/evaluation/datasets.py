@@ -1,0 +1,239 @@
+"""Annotation formats of the evaluation sets: plain lists, Kinetics-400, Something-Something v2, EPIC-KITCHENS-100.
+
+Every reader returns a list of ``Sample`` and checks the whole file before any video is touched: a malformed line
+raises ``AnnotationError`` naming the file, the line and what was expected.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DATASETS = ("k400", "ssv2", "epic100", "csv")
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".MP4")
+
+
+class AnnotationError(ValueError):
+    """An annotation file that cannot be read as the expected format."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One clip to classify: where it is, which part of it, and its label per head (``class``, or verb and noun)."""
+
+    id: str
+    path: Path
+    labels: dict[str, int] = field(default_factory=dict)
+    start: float | None = None
+    end: float | None = None
+    where: str = ""
+
+
+def normalize_class_name(name: str) -> str:
+    """Compare class names loosely: case, quotes, underscores and repeated spaces do not matter."""
+    return " ".join(name.strip().strip("\"'").replace("_", " ").lower().split())
+
+
+def load_class_names(path: str | Path) -> dict[str, int]:
+    """Read a class list: a checkpoint's ``config.json`` (its ``id2label``), JSON ``{name: index}`` or
+    ``[name, ...]``, or a text file with one name per line."""
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix == ".json":
+        data = json.loads(text)
+        if isinstance(data, dict) and "id2label" in data:
+            return class_names_from_id2label(data["id2label"])
+        items = data.items() if isinstance(data, dict) else ((name, i) for i, name in enumerate(data))
+        return {normalize_class_name(name): int(index) for name, index in items}
+    names = [line for line in text.splitlines() if line.strip()]
+    return {normalize_class_name(name): index for index, name in enumerate(names)}
+
+
+def class_names_from_id2label(id2label: Mapping[int | str, str]) -> dict[str, int]:
+    """Invert a model config's ``id2label`` into a normalised name -> index map."""
+    return {normalize_class_name(name): int(index) for index, name in id2label.items()}
+
+
+def _fail(path: Path, line: int, message: str) -> AnnotationError:
+    return AnnotationError(f"{path}:{line}: {message}")
+
+
+def _lookup_class(names: Mapping[str, int], name: str, path: Path, line: int) -> int:
+    key = normalize_class_name(name)
+    if key not in names:
+        raise _fail(path, line, f"class {name!r} is not one of the model's {len(names)} classes (see --classes)")
+    return names[key]
+
+
+def read_list(annotations: str | Path, root: str | Path) -> list[Sample]:
+    """Read a ``relative/path label`` list (space, comma or tab separated: PySlowFast, VideoMAE, mmaction2)."""
+    path, root = Path(annotations), Path(root)
+    samples = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = [p for p in re.split(r"[,\t ]+", line.strip()) if p]
+        if len(parts) != 2 or not re.fullmatch(r"\d+", parts[1]):
+            raise _fail(path, number, f"expected '<relative/path> <integer label>', got {line!r}")
+        samples.append(
+            Sample(id=parts[0], path=root / parts[0], labels={"class": int(parts[1])}, where=f"line {number}")
+        )
+    return samples
+
+
+def _find_video(root: Path, stem: str, folders: list[str]) -> Path:
+    """Locate ``stem`` with any video extension, at the root or in one of ``folders``; default to the root .mp4."""
+    for folder in ["", *folders]:
+        for extension in VIDEO_EXTENSIONS:
+            candidate = root / folder / f"{stem}{extension}"
+            if candidate.is_file():
+                return candidate
+    return root / f"{stem}.mp4"
+
+
+def read_kinetics(annotations: str | Path, root: str | Path, class_names: Mapping[str, int]) -> list[Sample]:
+    """Read Kinetics-400's official CSV (``label,youtube_id,time_start,time_end,split``).
+
+    Files are ``{youtube_id}_{start:06d}_{end:06d}.mp4``, at the root or in per-class folders.
+    """
+    path, root = Path(annotations), Path(root)
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        required = {"label", "youtube_id", "time_start", "time_end"}
+        if reader.fieldnames is None or not required <= set(reader.fieldnames):
+            raise _fail(path, 1, f"expected a header with columns {sorted(required)}, got {reader.fieldnames}")
+        samples = []
+        for row in reader:
+            number = reader.line_num
+            try:
+                start, end = int(float(row["time_start"])), int(float(row["time_end"]))
+            except (TypeError, ValueError):
+                raise _fail(path, number, f"expected integer time_start and time_end, got {row}") from None
+            label = _lookup_class(class_names, row["label"] or "", path, number)
+            stem = f"{row['youtube_id']}_{start:06d}_{end:06d}"
+            folders = [row["label"], row["label"].replace(" ", "_")]
+            video = _find_video(root, stem, folders)
+            samples.append(Sample(id=stem, path=video, labels={"class": label}, where=f"line {number}"))
+    return samples
+
+
+def read_ssv2(annotations: str | Path, root: str | Path, labels_file: str | Path | None = None) -> list[Sample]:
+    """Read Something-Something v2's ``validation.json`` with ``labels.json`` (next to it unless given)."""
+    path, root = Path(annotations), Path(root)
+    labels_path = Path(labels_file) if labels_file else path.with_name("labels.json")
+    if not labels_path.is_file():
+        raise AnnotationError(f"{path}: needs the class list labels.json, not found at {labels_path} (see --classes)")
+    class_names = load_class_names(labels_path)
+    try:
+        entries = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise _fail(path, error.lineno, f"expected a JSON list of {{id, label, template}}: {error.msg}") from None
+    if not isinstance(entries, list):
+        raise _fail(path, 1, f"expected a JSON list of {{id, label, template}}, got {type(entries).__name__}")
+    samples = []
+    for position, entry in enumerate(entries):
+        where = f"entry {position}"
+        if not isinstance(entry, dict) or "id" not in entry or not ("template" in entry or "label" in entry):
+            raise AnnotationError(f"{path}: {where}: expected an object with 'id' and 'template', got {entry!r}")
+        name = entry.get("template", entry.get("label", "")).replace("[", "").replace("]", "")
+        key = normalize_class_name(name)
+        if key not in class_names:
+            raise AnnotationError(f"{path}: {where}: template {name!r} is not a class in {labels_path}")
+        sample_id = str(entry["id"])
+        video = root / f"{sample_id}.webm"
+        samples.append(Sample(id=sample_id, path=video, labels={"class": class_names[key]}, where=where))
+    return samples
+
+
+def parse_timestamp(text: str) -> float:
+    """Parse EPIC-KITCHENS' ``HH:MM:SS.ff`` into seconds."""
+    match = re.fullmatch(r"(\d+):(\d{1,2}):(\d{1,2}(?:\.\d+)?)", text.strip())
+    if not match:
+        raise ValueError(f"expected HH:MM:SS.ff, got {text!r}")
+    hours, minutes, seconds = match.groups()
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+def read_epic(annotations: str | Path, root: str | Path) -> list[Sample]:
+    """Read EPIC-KITCHENS-100's ``EPIC_100_validation.csv``: segments of ``{participant}/[videos/]{video_id}.MP4``."""
+    path, root = Path(annotations), Path(root)
+    required = {"narration_id", "participant_id", "video_id", "start_timestamp", "stop_timestamp"}
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns = set(reader.fieldnames or ())
+        if not required | {"verb_class", "noun_class"} <= columns:
+            raise _fail(path, 1, f"expected a header with columns {sorted(required)} + verb_class, noun_class")
+        samples = []
+        for row in reader:
+            number = reader.line_num
+            try:
+                start, end = parse_timestamp(row["start_timestamp"]), parse_timestamp(row["stop_timestamp"])
+                labels = {"verb": int(row["verb_class"]), "noun": int(row["noun_class"])}
+            except (TypeError, ValueError, AttributeError) as error:
+                raise _fail(path, number, f"{error} (timestamps HH:MM:SS.ff, integer verb_class/noun_class)") from None
+            if end <= start:
+                raise _fail(path, number, f"stop_timestamp {row['stop_timestamp']} is not after the start")
+            folder = root / row["participant_id"]
+            video = folder / f"{row['video_id']}.MP4"
+            if not video.is_file() and (folder / "videos" / video.name).is_file():
+                video = folder / "videos" / video.name
+            samples.append(
+                Sample(row["narration_id"], video, labels, start=start, end=end, where=f"line {number}")
+            )
+    return samples
+
+
+def load_samples(
+    dataset: str,
+    annotations: str | Path,
+    root: str | Path,
+    class_names: Mapping[str, int] | None = None,
+    classes_file: str | Path | None = None,
+) -> list[Sample]:
+    """Read an annotation file of any supported format (``class_names`` maps Kinetics' names to indices)."""
+    if not Path(annotations).is_file():
+        raise AnnotationError(f"annotation file not found: {annotations}")
+    if dataset == "csv":
+        samples = read_list(annotations, root)
+    elif dataset == "k400":
+        names = load_class_names(classes_file) if classes_file else class_names
+        if not names:
+            raise AnnotationError("Kinetics-400 labels are class names: the model needs id2label, or pass --classes")
+        samples = read_kinetics(annotations, root, names)
+    elif dataset == "ssv2":
+        samples = read_ssv2(annotations, root, classes_file)
+    elif dataset == "epic100":
+        samples = read_epic(annotations, root)
+    else:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    _check_unique(samples, annotations)
+    return samples
+
+
+def _check_unique(samples: list[Sample], annotations: str | Path) -> None:
+    """Refuse repeated sample ids: results are keyed by id, so a repeat would be counted once."""
+    seen: dict[str, str] = {}
+    for sample in samples:
+        if sample.id in seen:
+            raise AnnotationError(f"{annotations}:{sample.where}: sample {sample.id!r} repeats {seen[sample.id]}")
+        seen[sample.id] = sample.where
+
+
+def check_labels(samples: list[Sample], head_sizes: Mapping[str, int], annotations: str | Path) -> None:
+    """Refuse labels the model cannot predict (an index outside a head, or a head the model lacks)."""
+    for sample in samples:
+        for head, label in sample.labels.items():
+            if head not in head_sizes:
+                raise AnnotationError(
+                    f"{annotations}:{sample.where}: sample {sample.id} has a {head!r} label but the model's heads are "
+                    f"{sorted(head_sizes)} (EPIC-KITCHENS needs --heads verb:97,noun:300 or a two-head model)"
+                )
+            if not 0 <= label < head_sizes[head]:
+                raise AnnotationError(
+                    f"{annotations}:{sample.where}: sample {sample.id}: {head} label {label} is outside the model's "
+                    f"{head_sizes[head]} classes (expected 0..{head_sizes[head] - 1})"
+                )

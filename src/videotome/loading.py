@@ -1,0 +1,38 @@
+"""Loading a local checkpoint directory into the right class, never downloading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+#: model types whose checkpoints are video classifiers; anything else loads as a backbone (ViT, DINOv2)
+VIDEO_MODEL_TYPES = ("videomae", "vivit", "timesformer", "motionformer")
+
+
+def resolve_model_dir(reference: str | Path) -> Path:
+    """The local directory of a model: the path itself, or the Hugging Face cache's copy of a Hub id."""
+    path = Path(reference)
+    if path.is_dir():
+        return path.resolve()
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(reference), local_files_only=True))
+    except (ImportError, OSError, ValueError) as error:  # not cached, or not a valid Hub id
+        raise ValueError(
+            f"model {str(reference)!r} is not a local directory nor in the Hugging Face cache; download it first, "
+            f"e.g. huggingface-cli download {reference} --local-dir DIR, and pass DIR"
+        ) from error
+
+
+def load_local_model(reference: str | Path) -> nn.Module:
+    """A video classifier (Hugging Face's or our Motionformer) or an image backbone, in eval mode."""
+    from transformers import AutoConfig, AutoModel, AutoModelForVideoClassification
+
+    from . import models  # noqa: F401  (registers Motionformer with the Auto classes)
+
+    directory = resolve_model_dir(reference)
+    config = AutoConfig.from_pretrained(directory, local_files_only=True)
+    auto = AutoModelForVideoClassification if config.model_type in VIDEO_MODEL_TYPES else AutoModel
+    return auto.from_pretrained(directory, local_files_only=True).eval()

@@ -1,0 +1,259 @@
+"""Unit tests of the evaluation pieces that need no video: sampling, preprocessing, annotations, results, report."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from videotome.evaluation import commands
+from videotome.evaluation.datasets import AnnotationError, check_labels, load_samples, parse_timestamp
+from videotome.evaluation.harness import parse_heads
+from videotome.plan import parse_r
+from videotome.evaluation.results import ResultsError, ResultsWriter, compute_metrics, read_runs, run_id
+from videotome.evaluation.video import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SamplingConfig,
+    load_preprocessing,
+    preprocess,
+    preprocessing_from_dict,
+    sample_indices,
+)
+
+
+def test_dense_sampling_takes_the_centre_and_repeats_the_last_frame() -> None:
+    assert sample_indices(100, SamplingConfig(4, "dense", 4)) == [43, 47, 51, 55]
+    assert sample_indices(13, SamplingConfig(4, "dense", 4)) == [0, 4, 8, 12]
+    assert sample_indices(10, SamplingConfig(4, "dense", 4)) == [0, 4, 8, 8]
+    assert sample_indices(1, SamplingConfig(3, "dense", 2)) == [0, 0, 0]
+
+
+def test_uniform_sampling_takes_the_middle_of_each_segment() -> None:
+    assert sample_indices(80, SamplingConfig(8, "uniform")) == [5, 15, 25, 35, 45, 55, 65, 75]
+    assert sample_indices(3, SamplingConfig(5, "uniform")) == [0, 1, 2, 2, 2]
+    with pytest.raises(ValueError, match="sampling must be one of"):
+        SamplingConfig(8, "random")
+
+
+def test_preprocessing_follows_the_checkpoint_config(tmp_path: Path) -> None:
+    vivit = {"size": {"shortest_edge": 20}, "crop_size": {"height": 16, "width": 16}, "rescale_factor": 1 / 127.5,
+             "offset": True, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
+    pipeline = preprocessing_from_dict(vivit, "vivit", 224)
+    frames = np.full((2, 30, 40, 3), 255, dtype=np.uint8)
+    video = preprocess(frames, pipeline)
+    assert video.shape == (2, 3, 16, 16)
+    assert torch.allclose(video, torch.ones_like(video))  # 255 / 127.5 - 1 = 1, then (1 - 0.5) / 0.5 = 1
+    processor = {"size": {"height": 8, "width": 12}, "do_center_crop": False}
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(processor))
+    assert preprocess(frames, load_preprocessing(tmp_path, "videomae", 224)).shape == (2, 3, 8, 12)
+
+
+def test_preprocessing_defaults_without_a_config(tmp_path: Path) -> None:
+    pipeline = load_preprocessing(tmp_path, "videomae", 16)
+    assert (pipeline.shortest_edge, pipeline.crop) == (16, (16, 16))
+    assert pipeline.mean == IMAGENET_MEAN and pipeline.std == IMAGENET_STD
+    assert load_preprocessing(tmp_path, "vivit", 16).mean == (0.5, 0.5, 0.5)
+    portrait = np.full((1, 60, 30, 3), 128, dtype=np.uint8)
+    video = preprocess(portrait, pipeline)
+    assert video.shape == (1, 3, 16, 16)
+    expected = (128 / 255 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    assert torch.allclose(video[0, :, 8, 8], expected, atol=1e-5)
+
+
+def test_plain_lists_in_every_separator(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("x/a.mp4 3\n\nx/b.mp4,1\nx/c.mp4\t0\n")
+    samples = load_samples("csv", tmp_path / "a.txt", tmp_path / "videos")
+    assert [(s.id, s.labels["class"]) for s in samples] == [("x/a.mp4", 3), ("x/b.mp4", 1), ("x/c.mp4", 0)]
+    assert samples[0].path == tmp_path / "videos" / "x" / "a.mp4"
+    (tmp_path / "bad.txt").write_text("x/a.mp4 3\nx/b.mp4 one\n")
+    expected = r"bad.txt:2: expected '<relative/path> <integer label>', got 'x/b.mp4 one'"
+    with pytest.raises(AnnotationError, match=expected):
+        load_samples("csv", tmp_path / "bad.txt", tmp_path)
+    (tmp_path / "twice.txt").write_text("x/a.mp4 3\nx/a.mp4 3\n")
+    with pytest.raises(AnnotationError, match=r"twice.txt:line 2: sample 'x/a.mp4' repeats line 1"):
+        load_samples("csv", tmp_path / "twice.txt", tmp_path)
+
+
+def test_kinetics_names_map_through_a_class_file_and_class_folders(tmp_path: Path) -> None:
+    (tmp_path / "val.csv").write_text(
+        "label,youtube_id,time_start,time_end,split\n\"air drumming\",abc,12,22,val\nabseiling,def,0,10,val\n"
+    )
+    (tmp_path / "air_drumming").mkdir()
+    (tmp_path / "air_drumming" / "abc_000012_000022.mp4").write_bytes(b"")
+    (tmp_path / "classes.txt").write_text("abseiling\nair_drumming\n")
+    samples = load_samples("k400", tmp_path / "val.csv", tmp_path, classes_file=tmp_path / "classes.txt")
+    assert [(s.id, s.labels["class"]) for s in samples] == [("abc_000012_000022", 1), ("def_000000_000010", 0)]
+    assert samples[0].path == tmp_path / "air_drumming" / "abc_000012_000022.mp4"
+    assert samples[1].path == tmp_path / "def_000000_000010.mp4"
+    config = {"model_type": "x", "id2label": {"0": "air drumming", "1": "abseiling"}}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    samples = load_samples("k400", tmp_path / "val.csv", tmp_path, classes_file=tmp_path / "config.json")
+    assert [s.labels["class"] for s in samples] == [0, 1]
+    with pytest.raises(AnnotationError, match="val.csv:3: class 'abseiling' is not one of the model's 1 classes"):
+        load_samples("k400", tmp_path / "val.csv", tmp_path, class_names={"air drumming": 0})
+
+
+def test_something_something_templates(tmp_path: Path) -> None:
+    (tmp_path / "labels.json").write_text(json.dumps({"Putting something on something": "0", "Pushing something": "1"}))
+    entries = [{"id": "7", "label": "pushing a cup", "template": "Pushing [something]", "placeholders": ["a cup"]}]
+    (tmp_path / "validation.json").write_text(json.dumps(entries))
+    [sample] = load_samples("ssv2", tmp_path / "validation.json", tmp_path / "v")
+    assert (sample.id, sample.path, sample.labels) == ("7", tmp_path / "v" / "7.webm", {"class": 1})
+    entries.append({"id": "8", "template": "Dancing with [something]"})
+    (tmp_path / "validation.json").write_text(json.dumps(entries))
+    with pytest.raises(AnnotationError, match="entry 1: template 'Dancing with something' is not a class"):
+        load_samples("ssv2", tmp_path / "validation.json", tmp_path)
+
+
+def test_epic_segments(tmp_path: Path) -> None:
+    assert parse_timestamp("01:02:03.50") == pytest.approx(3723.5)
+    header = "narration_id,participant_id,video_id,start_timestamp,stop_timestamp,verb_class,noun_class\n"
+    (tmp_path / "P02" / "videos").mkdir(parents=True)
+    (tmp_path / "P02" / "videos" / "P02_03.MP4").write_bytes(b"")
+    (tmp_path / "epic.csv").write_text(header + "P01_01_0,P01,P01_01,00:00:01.00,00:00:02.50,3,7\n"
+                                       "P02_03_9,P02,P02_03,00:01:00.00,00:01:01.00,0,1\n")
+    first, second = load_samples("epic100", tmp_path / "epic.csv", tmp_path)
+    assert (first.path, first.start, first.end) == (tmp_path / "P01" / "P01_01.MP4", 1.0, 2.5)
+    assert first.labels == {"verb": 3, "noun": 7}
+    assert second.path == tmp_path / "P02" / "videos" / "P02_03.MP4" and second.start == 60.0
+    with pytest.raises(AnnotationError, match=r"outside the model's 5 classes \(expected 0..4\)"):
+        check_labels([first], {"verb": 10, "noun": 5}, "epic.csv")
+    (tmp_path / "bad.csv").write_text(header + "P01_01_0,P01,P01_01,1.5s,00:00:02.50,3,7\n")
+    with pytest.raises(AnnotationError, match=r"bad.csv:2: expected HH:MM:SS.ff, got '1.5s'"):
+        load_samples("epic100", tmp_path / "bad.csv", tmp_path)
+
+
+def _clip(verb: list[int], noun: list[int], labels: tuple[int, int]) -> dict:
+    return {"type": "clip", "labels": {"verb": labels[0], "noun": labels[1]}, "error": None,
+            "top5": {"verb": [[i, 0.1] for i in verb], "noun": [[i, 0.1] for i in noun]}}
+
+
+def test_epic_action_needs_verb_and_noun_right() -> None:
+    records = [
+        _clip([1, 2], [5, 6], (1, 5)),  # both right: action right
+        _clip([1, 2], [5, 6], (1, 6)),  # noun second: verb right, action wrong
+        _clip([2, 1], [5, 6], (1, 5)),  # verb second: noun right, action wrong
+        _clip([3, 4], [7, 8], (1, 5)),  # both wrong, not even in the top 5
+        {"type": "clip", "labels": {"verb": 0, "noun": 0}, "error": "missing video: x", "top5": None},
+    ]
+    metrics = compute_metrics(records)
+    assert metrics["clips"] == 5 and metrics["failed"] == 1 and metrics["evaluated"] == 4
+    assert metrics["verb_top1"] == 0.5 and metrics["noun_top1"] == 0.5 and metrics["action_top1"] == 0.25
+    assert metrics["verb_top5"] == 0.75 and metrics["noun_top5"] == 0.75
+
+
+def test_parsing_of_r_and_heads() -> None:
+    assert parse_r("8") == 8 and isinstance(parse_r("8"), int) and parse_r("0.25") == 0.25
+    with pytest.raises(ValueError, match="fraction in"):
+        parse_r("1.5")
+    assert parse_heads("verb:97,noun:300") == {"verb": 97, "noun": 300}
+    with pytest.raises(ValueError, match="NAME:SIZE"):
+        parse_heads("verb=97")
+
+
+def _header(**settings: object) -> dict:
+    settings = {"model": "/ckpt/tiny", "model_type": "videomae", "dataset": "csv", "annotations": "/data/val.txt",
+                "r": 0, "strategy": "none", "schedule": "none", "threshold": None, "prop_attn": None, "divided": None,
+                **settings}
+    return {"type": "header", "run": run_id(settings), "settings": settings}
+
+
+def _write_run(path: Path, header: dict, predictions: list[int], labels: list[int], clips_per_s: float) -> None:
+    with ResultsWriter(path, header, resume=True, new_runs=True) as writer:
+        writer.write(
+            {"type": "clip", "run": header["run"], "id": f"c{i}", "labels": {"class": label}, "error": None,
+             "top5": {"class": [[p, 0.9], [(p + 1) % 5, 0.1]]}}
+            for i, (p, label) in enumerate(zip(predictions, labels))
+        )
+        throughput = {"model_clips_per_s": clips_per_s, "model_frames_per_s": 16 * clips_per_s, "clips_timed": 4}
+        writer.write([{"type": "summary", "run": header["run"], "throughput": throughput}])
+
+
+def test_results_file_refuses_overwrites_and_drops_a_torn_line(tmp_path: Path) -> None:
+    path = tmp_path / "run.jsonl"
+    header = _header()
+    with ResultsWriter(path, header, resume=False) as writer:
+        writer.write([{"type": "clip", "run": header["run"], "id": "a", "labels": {}, "error": None, "top5": None}])
+    with pytest.raises(ResultsError, match="already holds results; pass --resume"):
+        ResultsWriter(path, header, resume=False)
+    with pytest.raises(ResultsError, match=r"different settings: r: 0 \(in the file\) != 4 \(now\)"):
+        ResultsWriter(path, _header(r=4), resume=True)
+    path.write_text(path.read_text() + '{"type": "clip", "id": "b", "ru')
+    with ResultsWriter(path, header, resume=True) as writer:
+        assert set(writer.done) == {"a"}
+        writer.write([{"type": "clip", "run": header["run"], "id": "b", "labels": {}, "error": None, "top5": None}])
+    [run] = read_runs(path)
+    assert list(run.records) == ["a", "b"] and len(path.read_text().splitlines()) == 3
+
+
+def test_report_table_and_plots(tmp_path: Path) -> None:
+    import matplotlib.image
+
+    path = tmp_path / "runs.jsonl"
+    labels = [0, 1, 2, 3]
+    _write_run(path, _header(), [0, 1, 2, 3], labels, 10.0)
+    _write_run(path, _header(r=4, strategy="merge", schedule="constant"), [0, 1, 2, 4], labels, 15.0)
+    _write_run(path, _header(r=8, strategy="merge", schedule="constant"), [0, 1, 4, 4], labels, 20.0)
+    _write_run(path, _header(r=8, strategy="drop", schedule="constant"), [0, 4, 4, 4], labels, 21.0)
+    epic = _header(model="/ckpt/tiny-epic", dataset="epic100", heads="verb:97,noun:300")
+    with ResultsWriter(path, epic, resume=True, new_runs=True) as writer:
+        writer.write({**_clip([1], [5], labels), "run": epic["run"], "id": str(labels)} for labels in ((1, 5), (1, 6)))
+    parser = argparse.ArgumentParser()
+    commands.add_commands(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["report", str(path), "--out", str(tmp_path / "per_checkpoint")])
+    assert args.func(args) == 0
+    rows = list(csv.DictReader((tmp_path / "per_checkpoint" / "table.csv").open()))
+    assert [row["model"] for row in rows] == ["tiny"] * 4 + ["tiny-epic"]
+    args = parser.parse_args(["report", str(path), "--by", "family", "--out", str(tmp_path / "report")])
+    assert args.func(args) == 0
+    rows = list(csv.DictReader((tmp_path / "report" / "table.csv").open()))
+    assert {row["model"] for row in rows} == {"videomae"}
+    expected = [("0", "none"), ("8", "drop"), ("4", "merge"), ("8", "merge")]
+    assert [(row["r"], row["strategy"]) for row in rows] == expected
+    assert [row["csv:val top-1"] for row in rows] == ["100.00", "25.00", "75.00", "50.00"]
+    assert [row["speedup"] for row in rows] == ["1.00x", "2.10x", "1.50x", "2.00x"]
+    assert rows[0]["frames/s"] == "160.0"
+    assert (rows[0]["epic100 verb"], rows[0]["epic100 noun"], rows[0]["epic100 action"]) == ("100.00", "50.00", "50.00")
+    markdown = (tmp_path / "report" / "table.md").read_text().splitlines()
+    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in markdown]
+    assert cells[0] == list(rows[0].keys()) and cells[2] == list(rows[0].values()) and len(cells) == 2 + len(rows)
+    for name in ("videomae_accuracy_vs_r.png", "videomae_accuracy_vs_speedup.png"):
+        image = matplotlib.image.imread(tmp_path / "report" / name)
+        assert image.shape[0] > 200 and image.shape[1] > 400 and image.std() > 0
+
+
+def test_sweep_grid_from_toml_and_flags(tmp_path: Path) -> None:
+    (tmp_path / "grid.toml").write_text(
+        'models = ["/ckpt/a", "/ckpt/b"]\nr = [0, 4, 0.5]\nstrategies = ["merge", "drop"]\nout = "runs.jsonl"\n'
+        "batch_size = 2\n[[datasets]]\ndataset = \"k400\"\nroot = \"/k400\"\nannotations = \"/k400/val.csv\"\n"
+    )
+    parser = argparse.ArgumentParser()
+    commands.add_commands(parser.add_subparsers(dest="command"))
+    flags = ["--models", "/ckpt/c", "--workers", "1"]
+    args = parser.parse_args(["sweep", "--config", str(tmp_path / "grid.toml"), *flags])
+    runs, out = commands.load_sweep(args)
+    assert out == "runs.jsonl"
+    expected = [(0, "merge"), (4, "merge"), (4, "drop"), (0.5, "merge"), (0.5, "drop")]
+    assert [(run["r"], run["strategy"]) for run in runs] == expected
+    assert all(run["model"] == "/ckpt/c" and run["batch_size"] == 2 and run["workers"] == 1 for run in runs)
+    assert runs[0]["dataset"] == "k400" and runs[0]["annotations"] == "/k400/val.csv"
+    (tmp_path / "typo.toml").write_text('models = ["/ckpt/a"]\nbatch-size = 4\nbatchsize = 4\n')
+    with pytest.raises(ValueError, match=r"typo.toml: unknown keys \['batchsize'\]"):
+        commands.load_sweep(parser.parse_args(["sweep", "--config", str(tmp_path / "typo.toml")]))
+    args = parser.parse_args(["sweep", "--models", "/ckpt/a", "--out", "x.jsonl"])
+    with pytest.raises(ValueError, match=r"sweep needs \['annotations', 'dataset', 'root'\]"):
+        commands.load_sweep(args)
+
+
+def test_python_dash_m_videotome_runs_the_cli() -> None:
+    result = subprocess.run([sys.executable, "-m", "videotome", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: videotome")
