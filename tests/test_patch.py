@@ -342,3 +342,30 @@ def test_sources_and_plan_explain_misuse():
     videotome.patch(model, 2, trace_source=True)
     with pytest.raises(ValueError, match="run a forward pass"):
         videotome.sources(model)
+
+
+def test_token_grid_places_every_input_token(family):
+    """The grid has one (time, row, col) per input token, each place once, in the embedding's own order."""
+    model, pixel_values = tiny_model(family), tiny_input(family)
+    grid = videotome.token_grid(model)
+    videotome.patch(model, 0)
+    assert grid.shape == (videotome.plan(model).steps()[0].tokens_in, 3)
+    patches = grid[(grid >= 0).all(dim=1)]
+    assert len({tuple(p) for p in patches.tolist()}) == len(patches)
+    assert (grid < 0).all(dim=1).sum() == (0 if family == "videomae" else 1)
+
+
+def test_token_grid_follows_the_embedding_order():
+    """Features of one patch, written into one place of the clip, show up at the grid's token for that place."""
+    for family in ("videomae", "timesformer", "motionformer"):
+        model = tiny_model(family)
+        grid = videotome.token_grid(model)
+        frames = 8 if family == "motionformer" else 4
+        tubelet = 1 if family == "timesformer" else model.config.tubelet_size
+        clip = torch.zeros(1, frames, 3, 32, 32)
+        clip[:, tubelet, :, 8:16, 16:24] = 50.0  # time step 1, patch row 1, patch column 2
+        adapter = find_adapter(model)
+        with torch.no_grad():
+            moved = adapter.embed(model, clip) - adapter.embed(model, torch.zeros_like(clip))
+        changed = moved.abs().sum(-1)[0].nonzero().flatten().tolist()
+        assert [grid[i].tolist() for i in changed] == [[1, 1, 2]], family

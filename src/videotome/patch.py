@@ -118,6 +118,18 @@ def sources(model: nn.Module) -> Tensor:
     return record.last_sources
 
 
+def token_grid(model: nn.Module) -> Tensor:
+    """Where each of a supported model's input tokens sits: (input tokens, 3) of time step, patch row and patch
+    column at the configured input size, in the model's own token order; -1 for a class token.
+
+    With :func:`sources`, this paints each final token over the patches it holds.
+    """
+    adapter = find_adapter(model)
+    if adapter is None:
+        raise TypeError(f"{type(model).__name__} is not supported by videotome")
+    return adapter.grid(model)
+
+
 def merged_forward(
     self: nn.Module,
     pixel_values: Tensor,

@@ -163,6 +163,15 @@ def reduce_frames(
     return TokenState(x, size, source)
 
 
+def patch_grid(times: int, rows: int, cols: int, *, class_token: bool, time_major: bool = True) -> Tensor:
+    """(time, row, col) of each token of a (times x rows x cols) patch grid, in time-major or patch-major order,
+    after a class token at (-1, -1, -1) when there is one."""
+    t, r, c = torch.meshgrid(torch.arange(times), torch.arange(rows), torch.arange(cols), indexing="ij")
+    grid = torch.stack([t, r, c], dim=-1)
+    grid = grid.reshape(-1, 3) if time_major else grid.permute(1, 2, 0, 3).reshape(-1, 3)
+    return torch.cat([torch.full((1, 3), -1), grid]) if class_token else grid
+
+
 def weighted_mean(x: Tensor, size: Tensor | None) -> Tensor:
     """Mean over tokens in which a merged token counts as the patches it holds; a plain mean before merging."""
     if size is None:
@@ -189,6 +198,10 @@ class Adapter:
 
     def embed(self, model: nn.Module, pixel_values: Tensor, **kwargs: object) -> Tensor:
         """Tokens entering the first block."""
+        raise NotImplementedError
+
+    def grid(self, model: nn.Module) -> Tensor:
+        """Where each input token sits, (input tokens, 3): time step, patch row, patch column; -1 for a class token."""
         raise NotImplementedError
 
     def run_original(self, layer: nn.Module, x: Tensor) -> Tensor:

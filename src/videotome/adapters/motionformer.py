@@ -17,7 +17,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, ModelOutpu
 
 from ..models.motionformer import MotionformerForVideoClassification, MotionformerModel
 from ..plan import TokenLayout
-from .base import Adapter, LayerCall, TokenState, log_size, reduce_frames, to_frames
+from .base import Adapter, LayerCall, TokenState, log_size, patch_grid, reduce_frames, to_frames
 
 
 class MotionformerAdapter(Adapter):
@@ -32,6 +32,11 @@ class MotionformerAdapter(Adapter):
     def layout(self, model: nn.Module) -> TokenLayout:
         config = model.config
         return TokenLayout(groups=config.num_temporal_tokens, tokens_per_group=config.tokens_per_frame, shared=1)
+
+    def grid(self, model: nn.Module) -> Tensor:
+        config = model.config
+        side = config.image_size // config.patch_size
+        return patch_grid(config.num_temporal_tokens, side, side, class_token=True)
 
     def embed(self, model: nn.Module, pixel_values: Tensor) -> Tensor:
         return self.base(model).embed(pixel_values)

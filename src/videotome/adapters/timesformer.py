@@ -29,6 +29,7 @@ from .base import (
     classification_output,
     from_frames,
     log_size,
+    patch_grid,
     reduce_frames,
 )
 
@@ -58,6 +59,11 @@ class TimesformerAdapter(Adapter):
         config = model.config
         patches = (config.image_size // config.patch_size) ** 2
         return TokenLayout(groups=config.num_frames, tokens_per_group=patches, shared=1)
+
+    def grid(self, model: nn.Module) -> Tensor:
+        config = model.config
+        side = config.image_size // config.patch_size
+        return patch_grid(config.num_frames, side, side, class_token=True, time_major=False)
 
     def embed(self, model: nn.Module, pixel_values: Tensor) -> Tensor:
         return self.base(model).embeddings(pixel_values)

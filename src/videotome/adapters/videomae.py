@@ -11,7 +11,7 @@ from transformers import VideoMAEForVideoClassification, VideoMAEModel
 from transformers.modeling_outputs import BaseModelOutput, ModelOutput
 
 from ..plan import TokenLayout
-from .base import PreNormBlockAdapter, TokenState, classification_output, project_heads, weighted_mean
+from .base import PreNormBlockAdapter, TokenState, classification_output, patch_grid, project_heads, weighted_mean
 
 
 class VideoMAEAdapter(PreNormBlockAdapter):
@@ -29,6 +29,11 @@ class VideoMAEAdapter(PreNormBlockAdapter):
         config = model.config
         frames = config.num_frames // config.tubelet_size
         return TokenLayout(groups=1, tokens_per_group=frames * (config.image_size // config.patch_size) ** 2)
+
+    def grid(self, model: nn.Module) -> Tensor:
+        config = model.config
+        side = config.image_size // config.patch_size
+        return patch_grid(config.num_frames // config.tubelet_size, side, side, class_token=False)
 
     def embed(self, model: nn.Module, pixel_values: Tensor, bool_masked_pos: Tensor | None = None) -> Tensor:
         return self.base(model).embeddings(pixel_values, bool_masked_pos)

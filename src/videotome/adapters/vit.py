@@ -10,7 +10,7 @@ from transformers import Dinov2Model, ViTModel, VivitForVideoClassification, Viv
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ModelOutput
 
 from ..plan import TokenLayout
-from .base import PreNormBlockAdapter, TokenState, classification_output, project_heads
+from .base import PreNormBlockAdapter, TokenState, classification_output, patch_grid, project_heads
 
 
 class ViTBlockAdapter(PreNormBlockAdapter):
@@ -38,6 +38,11 @@ class ViTBlockAdapter(PreNormBlockAdapter):
         return layer.attention.config
 
 
+def _image_grid(config) -> Tensor:
+    side = config.image_size // config.patch_size
+    return patch_grid(1, side, side, class_token=True)
+
+
 def _image_layout(config) -> TokenLayout:
     return TokenLayout(groups=1, tokens_per_group=(config.image_size // config.patch_size) ** 2 + 1, protected=1)
 
@@ -50,6 +55,9 @@ class ViTAdapter(ViTBlockAdapter):
 
     def layout(self, model: nn.Module) -> TokenLayout:
         return _image_layout(model.config)
+
+    def grid(self, model: nn.Module) -> Tensor:
+        return _image_grid(model.config)
 
     def embed(self, model: nn.Module, pixel_values: Tensor, interpolate_pos_encoding: bool | None = None) -> Tensor:
         pixel_values = pixel_values.to(model.embeddings.patch_embeddings.projection.weight.dtype)
@@ -71,6 +79,9 @@ class Dinov2Adapter(ViTBlockAdapter):
 
     def layout(self, model: nn.Module) -> TokenLayout:
         return _image_layout(model.config)
+
+    def grid(self, model: nn.Module) -> Tensor:
+        return _image_grid(model.config)
 
     def embed(self, model: nn.Module, pixel_values: Tensor) -> Tensor:
         return model.embeddings(pixel_values)
@@ -103,6 +114,12 @@ class VivitAdapter(ViTBlockAdapter):
         frames, height, width = config.tubelet_size
         patches = (config.num_frames // frames) * (config.image_size // height) * (config.image_size // width)
         return TokenLayout(groups=1, tokens_per_group=patches + 1, protected=1)
+
+    def grid(self, model: nn.Module) -> Tensor:
+        config = model.config
+        frames, height, width = config.tubelet_size
+        size = config.image_size
+        return patch_grid(config.num_frames // frames, size // height, size // width, class_token=True)
 
     def embed(self, model: nn.Module, pixel_values: Tensor, interpolate_pos_encoding: bool = False) -> Tensor:
         return self.base(model).embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
