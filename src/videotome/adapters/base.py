@@ -23,7 +23,8 @@ class TokenState(NamedTuple):
     """The tokens between layers: features, sizes (patches each token holds) and the source map.
 
     ``size`` and ``source`` are None until the first reduction, meaning one patch per token and the identity.
-    For divided models they are kept per frame group: (batch * frames, tokens per frame, ...).
+    Divided models keep ``size`` per frame, (batch * frames, tokens per frame, 1); ``source`` is always
+    (batch, tokens, input tokens) in the model's own token order.
     """
 
     x: Tensor
@@ -239,6 +240,7 @@ class PreNormBlockAdapter(Adapter):
         raise NotImplementedError
 
     def norm1(self, layer: nn.Module) -> nn.Module:
+        """The LayerNorm before attention, whose output the keys (and so the merge metric) come from."""
         raise NotImplementedError
 
     def mlp_residual(self, layer: nn.Module, x: Tensor) -> Tensor:
@@ -265,7 +267,7 @@ class PreNormBlockAdapter(Adapter):
         """The attention implementation the model was loaded with ("eager", "sdpa", ...)."""
         return self.config_of(layer)._attn_implementation
 
-    def config_of(self, layer: nn.Module):
+    def config_of(self, layer: nn.Module) -> object:
         """The block's configuration object."""
         raise NotImplementedError
 
