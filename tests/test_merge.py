@@ -141,7 +141,7 @@ def test_repeat_shares_one_matching_across_groups():
     assert torch.equal(reduction.src[0], reduction.src[3]) and torch.equal(reduction.src[4], reduction.src[7])
 
 
-def test_half_precision_merges_in_float32():
+def test_half_precision_merging_does_not_overflow():
     metric = torch.randn(1, 16, 8)
     x = torch.full((1, 16, 2), 60000.0, dtype=torch.float16)
     out, _ = merge.merge_wavg(merge.bipartite_soft_matching(metric, 8), x, torch.full((1, 16, 1), 4.0))

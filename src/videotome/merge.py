@@ -160,14 +160,31 @@ def apply(reduction: Reduction, x: Tensor) -> Tensor:
 def merge_wavg(reduction: Reduction, x: Tensor, size: Tensor | None) -> tuple[Tensor, Tensor]:
     """Size-weighted average merge of features x (B, N, C); returns the new x and sizes (B, N', 1).
 
-    ``size`` None means every token holds one patch. Half-precision inputs are averaged in float32.
+    ``size`` None means every token holds one patch. Only the B tokens that receive a merge are re-weighted, so the
+    cost is one copy of x plus work on the r chosen pairs; a receiving token becomes
+    x_dst * s_dst / S + sum(x_src * s_src / S) with S its new size. Sizes are kept in float32 for half inputs.
     """
-    if size is None:
-        size = torch.ones(x.shape[0], x.shape[1], 1, dtype=torch.float32, device=x.device)
+    batch, tokens, channels = x.shape
     work = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-    size = size.to(work)
-    new_size = apply(reduction, size)
-    return (apply(reduction, x.to(work) * size) / new_size).to(x.dtype), new_size
+    if size is None:
+        size = torch.ones(batch, tokens, 1, dtype=work, device=x.device)
+    a_size, b_size = split(size.to(work), reduction.a_idx, reduction.b_idx)
+    src_size = _gather(a_size, reduction.src)
+    if reduction.weight is not None:
+        src_size = src_size * reduction.weight.unsqueeze(-1).to(work)
+    dst = reduction.dst.unsqueeze(-1)
+    new_b_size = b_size.scatter_add(1, dst, src_size)
+    dst_size = new_b_size.gather(1, dst)
+
+    a, b = split(x, reduction.a_idx, reduction.b_idx)
+    out = torch.cat([_gather(a, reduction.kept), b], dim=1)
+    receiving = out[:, reduction.kept.shape[1] :]
+    dst_rows = dst.expand(-1, -1, channels)
+    kept_share = (b_size.gather(1, dst) / dst_size).to(x.dtype)
+    receiving.scatter_(1, dst_rows, b.gather(1, dst_rows) * kept_share)
+    incoming = _gather(a, reduction.src) * (src_size / dst_size).to(x.dtype)
+    receiving.scatter_add_(1, dst_rows, incoming)
+    return out, torch.cat([_gather(a_size, reduction.kept), new_b_size], dim=1)
 
 
 def merge_source(reduction: Reduction, source: Tensor | None, num_tokens: int | None = None) -> Tensor:
