@@ -11,7 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-COMMAND_MODULES = ("videotome.bench", "videotome.evaluation.commands")
+COMMAND_MODULES = ("videotome.bench", "videotome.evaluation.commands", "videotome.vtm.commands")
 
 
 def build_parser() -> argparse.ArgumentParser:

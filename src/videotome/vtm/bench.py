@@ -1,0 +1,73 @@
+"""Throughput and peak memory of the VTM network against its unmerged baseline, measured in one process.
+
+Both run inference (evaluation mode: no auxiliary path, learnable targets by top-k) on random tokens of the
+given shape, interleaved round-robin so that load on a shared machine affects them alike (see
+:mod:`videotome.measure`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from videotome.measure import peak_memory_mb, time_interleaved
+from videotome.vtm.model import VideoTokenMerger, VTMConfig
+
+LVU_SHAPE = (60, 197, 1024)
+LVU_WINDOWS = (6, 30, 60)
+
+
+def bench_model(partition: str | None, gamma: float, shape: tuple[int, int, int], windows: tuple[int, ...],
+                attention: str, device: torch.device) -> VideoTokenMerger:
+    """An evaluation-mode model for the benchmark; ``partition`` None is the unmerged baseline."""
+    config = VTMConfig(
+        in_channels=shape[2], num_outputs=10, windows=windows, merge=partition is not None,
+        partition=partition or "naive", gamma=gamma, attention=attention,
+    )
+    return VideoTokenMerger(config).to(device).eval()
+
+
+def benchmark(
+    partition: str = "learnable",
+    gammas: tuple[float, ...] = (6.0,),
+    *,
+    batch_size: int = 1,
+    repeats: int = 3,
+    warmup: int = 1,
+    shape: tuple[int, int, int] = LVU_SHAPE,
+    windows: tuple[int, ...] = LVU_WINDOWS,
+    attention: str = "sdpa",
+    device: str = "cpu",
+    seed: int = 0,
+) -> list[dict[str, float]]:
+    """One result per gamma: samples/s and peak MiB of the baseline and of VTM, their ratio and saving."""
+    torch.manual_seed(seed)
+    device = torch.device(device)
+    tokens = torch.randn(batch_size, *shape, device=device)
+    motion = torch.rand(batch_size, *shape[:2], device=device)
+    models = [bench_model(None, 1.0, shape, windows, attention, device)]
+    models += [bench_model(partition, gamma, shape, windows, attention, device) for gamma in gammas]
+
+    def runner(model: VideoTokenMerger):
+        def run() -> None:
+            with torch.no_grad():
+                model(tokens, motion)
+        return run
+
+    calls = [runner(model) for model in models]
+    seconds = time_interleaved(calls, warmup=warmup, repeats=repeats, device=device, desc="vtm bench")
+    peaks = [peak_memory_mb(call, device) for call in calls]
+    results = []
+    for gamma, vtm_seconds, vtm_peak in zip(gammas, seconds[1:], peaks[1:]):
+        results.append({
+            "partition": partition,
+            "gamma": gamma,
+            "attention": attention,
+            "batch_size": batch_size,
+            "baseline_samples_per_s": batch_size / seconds[0],
+            "vtm_samples_per_s": batch_size / vtm_seconds,
+            "speedup": seconds[0] / vtm_seconds,
+            "baseline_peak_mb": peaks[0],
+            "vtm_peak_mb": vtm_peak,
+            "memory_reduction": 1.0 - vtm_peak / peaks[0],
+        })
+    return results

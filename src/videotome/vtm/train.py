@@ -1,0 +1,297 @@
+"""Training and evaluation of the VTM network on LVU, Breakfast, COIN or the synthetic task.
+
+AdamW (lr 1e-3, weight decay 0.01), batch 16, a cosine schedule after a linear warm-up, stepped per batch.
+Every epoch ends with a checkpoint ``{out}/last.pt`` (model, optimizer, schedule, epoch, random state), so
+``resume=True`` continues an interrupted run where it stopped, with the same batches and random draws as an
+uninterrupted one. Several processes (``torchrun --nproc-per-node N -m videotome vtm train ...``) train with
+DistributedDataParallel, over gloo on CPUs and NCCL on GPUs; the batch size is per process.
+
+Training takes one random window of ``frames`` frames per video per epoch (LVU) or one random frame per segment
+(Breakfast, COIN). Evaluation on LVU slides a ``frames``-frame window over the whole video with stride
+``eval_stride`` (1 in the paper), sums the class probabilities (averages the predictions of a regression) and scores
+the sum; other datasets take one view per video.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm import tqdm
+
+from videotome.vtm.data import (
+    LVU_TASKS,
+    SEGMENT_TASKS,
+    FeatureVideos,
+    SyntheticSaliency,
+    TaskSpec,
+    read_lvu_csv,
+    read_segment_csv,
+    sliding_starts,
+    window_indices,
+)
+from videotome.vtm.model import VideoTokenMerger, VTMConfig, vtm_loss
+
+DATASETS = ("synthetic", "lvu", "breakfast", "coin")
+CHECKPOINT = "last.pt"
+SYNTHETIC_SPLIT_SEEDS = {"train": 1, "val": 2, "test": 3}
+DATASET_WINDOWS = {"lvu": (6, 30, 60), "breakfast": (8, 32, 64), "coin": (8, 32, 64), "synthetic": (2, 6, 12)}
+
+
+@dataclass
+class TrainConfig:
+    """What to train on and how. ``model`` holds the architecture; ``in_channels`` / ``num_outputs`` are set from
+    the data."""
+
+    dataset: str = "synthetic"
+    out: str = "runs/vtm"
+    root: str | None = None
+    features: str | None = None
+    task: str | None = None
+    frames: int | None = None
+    epochs: int = 70
+    warmup_epochs: int = 10
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    aux_loss_weight: float = 1.0
+    seed: int = 0
+    workers: int = 0
+    eval_stride: int = 1
+    eval_split: str = "val"
+    max_steps_per_epoch: int | None = None
+    synthetic_videos: int = 1024
+    synthetic_eval_videos: int = 512
+    model: VTMConfig = field(default_factory=VTMConfig)
+
+    def to_dict(self) -> dict:
+        """Plain data for a checkpoint."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        """Inverse of :meth:`to_dict`."""
+        data = dict(data)
+        data["model"] = VTMConfig(**data["model"])
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+
+def task_spec(config: TrainConfig) -> TaskSpec:
+    """Classes or regression of the configured dataset / task."""
+    if config.dataset == "synthetic":
+        return TaskSpec(SyntheticSaliency(1).num_classes)
+    if config.dataset == "lvu":
+        if config.task not in LVU_TASKS:
+            raise ValueError(f"--task {config.task!r} is not an LVU task; expected one of {sorted(LVU_TASKS)}")
+        return LVU_TASKS[config.task]
+    if config.dataset in SEGMENT_TASKS:
+        return SEGMENT_TASKS[config.dataset]
+    raise ValueError(f"dataset={config.dataset!r} is not one of {DATASETS}")
+
+
+def default_frames(dataset: str) -> int:
+    """Frames per sample: 60 for LVU (1 fps), 64 segments for Breakfast / COIN, 12 for the synthetic task."""
+    return {"lvu": 60, "breakfast": 64, "coin": 64}.get(dataset, 12)
+
+
+def build_dataset(config: TrainConfig, split: str, train: bool) -> Dataset:
+    """The dataset of one split; evaluation on LVU returns whole videos for sliding windows."""
+    if config.dataset == "synthetic":
+        count = config.synthetic_videos if split == "train" else config.synthetic_eval_videos
+        return SyntheticSaliency(count, frames=config.frames or 12, seed=SYNTHETIC_SPLIT_SEEDS[split])
+    if config.root is None or config.features is None:
+        raise ValueError(f"dataset={config.dataset!r} needs --root (split CSVs) and --features (feature files)")
+    root = Path(config.root)
+    spec = task_spec(config)
+    if config.dataset == "lvu":
+        rows = read_lvu_csv(root / config.task / f"{split}.csv", config.task)
+    else:
+        rows = read_segment_csv(root / f"{split}.csv", spec.num_outputs)
+    return FeatureVideos(
+        rows,
+        config.features,
+        frames=config.frames or default_frames(config.dataset),
+        sampling="window" if config.dataset == "lvu" else "segments",
+        train=train,
+        whole=config.dataset == "lvu" and not train,
+        use_motion=config.model.partition == "motion" and config.model.merge,
+        seed=config.seed,
+    )
+
+
+def warmup_cosine(step: int, total_steps: int, warmup_steps: int) -> float:
+    """Learning-rate factor: linear warm-up to 1, then cosine decay to 0."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def init_distributed() -> tuple[int, int]:
+    """(rank, world size); joins the process group when started by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def save_checkpoint(path: Path, model: nn.Module, optimizer, scheduler, epoch: int, config: TrainConfig) -> None:
+    """Write the state after ``epoch`` completed epochs, atomically."""
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "epoch": epoch,
+        "rng": torch.get_rng_state(),
+        "config": config.to_dict(),
+    }
+    partial = path.with_suffix(".partial")
+    torch.save(state, partial)
+    partial.replace(path)
+
+
+def load_model(checkpoint: str | Path) -> tuple[VideoTokenMerger, TrainConfig]:
+    """The trained model (eval mode) and its training configuration from a checkpoint."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    config = TrainConfig.from_dict(state["config"])
+    model = VideoTokenMerger(config.model)
+    model.load_state_dict(state["model"])
+    return model.eval(), config
+
+
+def prepare_config(config: TrainConfig) -> TrainConfig:
+    """Fill in the data-dependent model fields (input channels, outputs) and the frame count."""
+    spec = task_spec(config)
+    config.frames = config.frames or default_frames(config.dataset)
+    if config.dataset == "synthetic":
+        in_channels = SyntheticSaliency(1).channels
+    else:
+        in_channels = build_dataset(config, "train", train=True)[0]["tokens"].shape[-1]
+    settings = asdict(config.model)
+    settings.update(in_channels=in_channels, num_outputs=spec.num_outputs)
+    config.model = VTMConfig(**settings)
+    return config
+
+
+def train(config: TrainConfig, resume: bool = False) -> dict:
+    """Train, evaluating on ``config.eval_split`` after every epoch; returns the last evaluation."""
+    rank, world = init_distributed()
+    torch.manual_seed(config.seed)
+    config = prepare_config(config)
+    spec = task_spec(config)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = build_dataset(config, "train", train=True)
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=config.seed)
+    loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers)
+    steps_per_epoch = min(len(loader), config.max_steps_per_epoch or len(loader))
+    model = VideoTokenMerger(config.model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    total, warmup = config.epochs * steps_per_epoch, config.warmup_epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, total, warmup))
+    start_epoch = 0
+    checkpoint = out / CHECKPOINT
+    if resume and checkpoint.exists():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        start_epoch = state["epoch"]
+    network = DistributedDataParallel(model) if world > 1 else model
+    metrics: dict = {}
+    for epoch in range(start_epoch, config.epochs):
+        sampler.set_epoch(epoch)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        loss = train_epoch(network, loader, optimizer, scheduler, config, spec, steps_per_epoch, rank == 0, epoch)
+        if rank == 0:
+            metrics = {"epoch": epoch + 1, "train_loss": loss, **evaluate(model, config, config.eval_split)}
+            with (out / "log.jsonl").open("a") as log:
+                log.write(json.dumps(metrics) + "\n")
+            save_checkpoint(checkpoint, model, optimizer, scheduler, epoch + 1, config)
+        if world > 1:
+            dist.barrier()
+    return metrics
+
+
+def train_epoch(
+    network: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    config: TrainConfig,
+    spec: TaskSpec,
+    steps: int,
+    show: bool,
+    epoch: int,
+) -> float:
+    """One epoch of at most ``steps`` batches; returns the mean loss."""
+    network.train()
+    total = 0.0
+    batches = tqdm(loader, total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not show, leave=False)
+    for step, batch in enumerate(batches):
+        if step >= steps:
+            break
+        output = network(batch["tokens"], batch.get("motion"))
+        loss = vtm_loss(output, batch["label"], spec.regression, config.aux_loss_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total += loss.item()
+        batches.set_postfix(loss=f"{loss.item():.4f}")
+    return total / max(1, min(steps, len(loader)))
+
+
+@torch.no_grad()
+def predict_video(model: VideoTokenMerger, sample: dict[str, Tensor], frames: int, stride: int, regression: bool,
+                  chunk: int = 8) -> Tensor:
+    """Sum of class probabilities (mean prediction for a regression) over sliding windows of a whole video."""
+    num_frames = sample["tokens"].shape[0]
+    total = None
+    starts = sliding_starts(num_frames, frames, stride)
+    for first in range(0, len(starts), chunk):
+        index = torch.stack([window_indices(num_frames, s, frames) for s in starts[first : first + chunk]])
+        motion = sample.get("motion")
+        logits = model(sample["tokens"][index], None if motion is None else motion[index]).logits
+        scores = logits if regression else logits.softmax(dim=-1)
+        total = scores.sum(0) if total is None else total + scores.sum(0)
+    return total / len(starts) if regression else total
+
+
+@torch.no_grad()
+def evaluate(model: VideoTokenMerger, config: TrainConfig, split: str) -> dict[str, float]:
+    """Accuracy (classification) or mean squared error (regression) on a split."""
+    model.eval()
+    spec = task_spec(config)
+    dataset = build_dataset(config, split, train=False)
+    predictions, labels = [], []
+    if isinstance(dataset, FeatureVideos) and dataset.whole:
+        for index in tqdm(range(len(dataset)), desc=f"eval {split}", leave=False):
+            sample = dataset[index]
+            predictions.append(predict_video(model, sample, config.frames, config.eval_stride, spec.regression))
+            labels.append(sample["label"])
+        predictions, labels = torch.stack(predictions), torch.stack(labels)
+    else:
+        for batch in DataLoader(dataset, batch_size=config.batch_size, num_workers=config.workers):
+            predictions.append(model(batch["tokens"], batch.get("motion")).logits)
+            labels.append(batch["label"])
+        predictions, labels = torch.cat(predictions), torch.cat(labels)
+    return score(predictions, labels, spec.regression, split)
+
+
+def score(predictions: Tensor, labels: Tensor, regression: bool, split: str) -> dict[str, float]:
+    """``{split}_accuracy`` from class scores, or ``{split}_mse`` from predicted values."""
+    if regression:
+        return {f"{split}_mse": float(((predictions.squeeze(-1) - labels) ** 2).mean())}
+    return {f"{split}_accuracy": float((predictions.argmax(-1) == labels.long()).float().mean())}
