@@ -26,25 +26,26 @@ FAMILIES = ("videomae", "vivit", "timesformer", "motionformer", "vit", "dinov2")
 _COMMON = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64)
 
 
-def tiny_model(family: str, seed: int = 0) -> torch.nn.Module:
-    """A 3-layer, 32-wide model of the family, in eval mode, with seeded random weights."""
+def tiny_model(family: str, seed: int = 0, layers: int = 3) -> torch.nn.Module:
+    """A 32-wide model of the family (3 layers unless told), in eval mode, with seeded random weights."""
     torch.manual_seed(seed)
+    common = dict(_COMMON, num_hidden_layers=layers)
     if family == "videomae":
-        config = VideoMAEConfig(image_size=32, patch_size=8, num_frames=4, tubelet_size=2, num_labels=5, **_COMMON)
+        config = VideoMAEConfig(image_size=32, patch_size=8, num_frames=4, tubelet_size=2, num_labels=5, **common)
         model = VideoMAEForVideoClassification(config)
     elif family == "vivit":
-        config = VivitConfig(image_size=32, num_frames=4, tubelet_size=[2, 8, 8], num_labels=5, **_COMMON)
+        config = VivitConfig(image_size=32, num_frames=4, tubelet_size=[2, 8, 8], num_labels=5, **common)
         model = VivitForVideoClassification(config)
     elif family == "timesformer":
-        config = TimesformerConfig(image_size=32, patch_size=8, num_frames=4, num_labels=5, **_COMMON)
+        config = TimesformerConfig(image_size=32, patch_size=8, num_frames=4, num_labels=5, **common)
         model = TimesformerForVideoClassification(config)
     elif family == "motionformer":
-        config = MotionformerConfig(image_size=32, patch_size=8, num_frames=8, tubelet_size=2, num_labels=5, **_COMMON)
+        config = MotionformerConfig(image_size=32, patch_size=8, num_frames=8, tubelet_size=2, num_labels=5, **common)
         model = MotionformerForVideoClassification(config)
     elif family == "vit":
-        model = ViTModel(ViTConfig(image_size=32, patch_size=8, **_COMMON))
+        model = ViTModel(ViTConfig(image_size=32, patch_size=8, **common))
     elif family == "dinov2":
-        common = {k: v for k, v in _COMMON.items() if k != "intermediate_size"}
+        common.pop("intermediate_size")
         model = Dinov2Model(Dinov2Config(image_size=32, patch_size=8, layerscale_value=0.5, **common))
     else:
         raise ValueError(family)

@@ -369,3 +369,16 @@ def test_token_grid_follows_the_embedding_order():
             moved = adapter.embed(model, clip) - adapter.embed(model, torch.zeros_like(clip))
         changed = moved.abs().sum(-1)[0].nonzero().flatten().tolist()
         assert [grid[i].tolist() for i in changed] == [[1, 1, 2]], family
+
+
+def test_groups_shrunk_to_one_token_stay_as_they_are(family):
+    """Seven layers halve 32 tokens (16 per frame) to one per group before the last layers; nothing breaks and the
+    token counts follow the plan's clamped values."""
+    model, pixel_values = tiny_model(family, layers=7), tiny_input(family)
+    videotome.patch(model, 100, trace_source=True)
+    steps = videotome.plan(model).steps()
+    assert steps[-1].effective_r == 0
+    with torch.no_grad():
+        hidden = model(pixel_values=pixel_values, output_hidden_states=True).hidden_states
+    assert [h.shape[1] for h in hidden] == [steps[0].tokens_in] + [s.tokens_out for s in steps]
+    assert torch.equal(videotome.sources(model).sum(1), torch.ones(2, steps[0].tokens_in))

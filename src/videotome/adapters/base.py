@@ -111,7 +111,12 @@ def identity_source(x: Tensor) -> Tensor:
 
 
 def reduce_tokens(state: TokenState, metric: Tensor, call: LayerCall, *, protect_first: bool) -> TokenState:
-    """Match on ``metric`` (batch, tokens, C) and reduce a joint sequence's tokens, sizes and source map."""
+    """Match on ``metric`` (batch, tokens, C) and reduce a joint sequence's tokens, sizes and source map.
+
+    A sequence too short to lose a token (r clamped to 0) is left as it is, in its order.
+    """
+    if merge.clamp_r(call.r, metric.shape[1], int(protect_first)) == 0:
+        return state
     with torch.profiler.record_function(MERGE_REGION):
         reduction = prepare_reduction(metric, call, protect_first=protect_first)
         x, size = merge.merge_wavg(reduction, state.x, state.size)
@@ -150,7 +155,10 @@ def reduce_frames(
     ``aligned`` mode matches once per clip on the frame-averaged keys and applies the same merges to every frame.
     Sizes stay per frame, (batch * frames, count, 1); the source map stays in the model's order and goes through
     the very reshapes the features go through, so it shows where each token's patches really come from.
+    Frames too short to lose a token (r clamped to 0) are left as they are.
     """
+    if merge.clamp_r(call.r, metric.shape[1]) == 0:
+        return state._replace(x=x)
     with torch.profiler.record_function(MERGE_REGION):
         shared = frames if call.plan.divided == "aligned" else 1
         reduction = prepare_reduction(metric, call, protect_first=False, shared_groups=shared)
