@@ -346,7 +346,7 @@ def test_sources_and_plan_explain_misuse():
 
 def test_token_grid_places_every_input_token(family):
     """The grid has one (time, row, col) per input token, each place once, in the embedding's own order."""
-    model, pixel_values = tiny_model(family), tiny_input(family)
+    model = tiny_model(family)
     grid = videotome.token_grid(model)
     videotome.patch(model, 0)
     assert grid.shape == (videotome.plan(model).steps()[0].tokens_in, 3)

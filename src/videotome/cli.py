@@ -11,7 +11,12 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-COMMAND_MODULES = ("videotome.bench", "videotome.evaluation.commands", "videotome.vtm.commands")
+COMMAND_MODULES = (
+    "videotome.bench",
+    "videotome.evaluation.commands",
+    "videotome.vtm.commands",
+    "videotome.testbed.commands",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

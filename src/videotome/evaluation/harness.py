@@ -165,7 +165,7 @@ def run_settings(config: EvalConfig, loaded: LoadedModel) -> dict[str, Any]:
     return json.loads(json.dumps(settings))  # as read back from the file (tuples become lists)
 
 
-def _version(package: str) -> str | None:
+def package_version(package: str) -> str | None:
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
@@ -183,7 +183,7 @@ def make_header(settings: dict[str, Any], config: EvalConfig, context: DistConte
         "workers": config.workers,
         "versions": {
             "python": platform.python_version(),
-            **{name: _version(name) for name in ("videotome", "torch", "transformers", "av", "numpy")},
+            **{name: package_version(name) for name in ("videotome", "torch", "transformers", "av", "numpy")},
         },
         "hardware": {
             "platform": platform.platform(),
@@ -275,7 +275,7 @@ def split_heads(output: Any, heads: dict[str, int] | None) -> dict[str, torch.Te
     return dict(zip(heads, logits.split(list(heads.values()), dim=-1)))
 
 
-def _forward(
+def forward_batch(
     model: torch.nn.Module, pixels: torch.Tensor, heads: dict[str, int] | None
 ) -> tuple[dict[str, torch.Tensor], float]:
     """Run the model on a batch; return probabilities per head and the seconds the forward pass took."""
@@ -306,7 +306,7 @@ def apply_reduction(model: torch.nn.Module, config: EvalConfig) -> None:
     )
 
 
-def _records(
+def clip_records(
     items: list[dict[str, Any]], probabilities: dict[str, torch.Tensor], brief: dict[str, Any]
 ) -> list[dict[str, Any]]:
     """One results line per clip: labels, top-5 (index, probability) per head, or the error."""
@@ -335,7 +335,7 @@ def _probe(loaded: LoadedModel, heads: dict[str, int] | None, device: torch.devi
         crop = (size, size)
     pixels = torch.zeros(1, loaded.sampling.frames, 3, *crop, device=device)
     try:
-        probabilities, _ = _forward(loaded.model, pixels, heads)
+        probabilities, _ = forward_batch(loaded.model, pixels, heads)
     except RuntimeError as error:
         raise EvaluationError(
             f"the model rejects clips of {loaded.sampling.frames} frames of {crop[0]}x{crop[1]} "
@@ -417,9 +417,9 @@ def _run(
         good = [item["pixels"] for item in items if item["error"] is None]
         probabilities: dict[str, torch.Tensor] = {}
         if good:
-            probabilities, seconds = _forward(loaded.model, torch.stack(good).to(context.device), heads)
+            probabilities, seconds = forward_batch(loaded.model, torch.stack(good).to(context.device), heads)
             model_clips, model_seconds = model_clips + len(good), model_seconds + seconds
-        gathered = _gather(_records(items, probabilities, brief), context)
+        gathered = _gather(clip_records(items, probabilities, brief), context)
         if writer is not None:
             lines = [{"type": "clip", "run": rid, **record} for part in gathered for record in part]
             writer.write(lines)

@@ -1,0 +1,1 @@
+"""The built-in testbed: generated digit-motion clips, four small trained video transformers, `videotome demo`."""

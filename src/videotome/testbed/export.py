@@ -1,0 +1,51 @@
+"""Writing testbed clips to disk, so the file-based tools (``videotome eval --dataset csv``) can read them too."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .data import NOUNS, VERBS, generate, validation_set
+
+FPS = 8
+
+
+def write_videos(split: str, count: int, seed: int | None, out: str | Path) -> Path:
+    """Write ``count`` clips as lossless H.264 (RGB) mp4 files under ``out/videos`` with ``verb.txt`` and ``noun.txt``
+    (``relative/path label`` lists) and ``clips.json`` (labels, digit image and sprite track per clip).
+
+    Returns the directory. Without ``seed``, the validation split gives the first ``count`` clips of the fixed
+    validation set (those the demo scores); a training split needs a seed.
+    """
+    import av
+
+    if seed is None and split != "val":
+        raise ValueError(f"the {split} split needs a seed (only the validation split has a fixed one)")
+    clips = validation_set(count) if seed is None else generate(split, count, seed)
+    out = Path(out)
+    (out / "videos").mkdir(parents=True, exist_ok=True)
+    described = []
+    for index in range(count):
+        name = f"videos/{split}-{index:05d}.mp4"
+        with av.open(str(out / name), "w") as container:
+            stream = container.add_stream("libx264rgb", rate=FPS, options={"qp": "0"})
+            stream.width = stream.height = clips.video.shape[-1]
+            stream.pix_fmt = "rgb24"
+            for frame in clips.video[index].permute(0, 2, 3, 1).numpy():
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            container.mux(stream.encode())
+        described.append(
+            {
+                "path": name,
+                "verb": int(clips.verb[index]),
+                "noun": int(clips.noun[index]),
+                "verb_name": VERBS[int(clips.verb[index])],
+                "noun_name": NOUNS[int(clips.noun[index])],
+                "digit_index": int(clips.digit_index[index]),
+                "track": clips.track[index].tolist(),
+            }
+        )
+    for head in ("verb", "noun"):
+        (out / f"{head}.txt").write_text("".join(f"{clip['path']} {clip[head]}\n" for clip in described))
+    (out / "clips.json").write_text(json.dumps({"split": split, "seed": seed, "clips": described}) + "\n")
+    return out

@@ -1,0 +1,116 @@
+"""Figures of the demo: accuracy against speedup, and which patches each merged token holds (as in the paper)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import videotome
+
+from .models import CHECKPOINTS, load_checkpoint, select_frames
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_accuracy_vs_speedup(rows: Sequence[Any], path: Path) -> Path:
+    """Action accuracy against speedup, one panel per model, one series per strategy/schedule/option."""
+    plt = _pyplot()
+    models = list(dict.fromkeys(row.model for row in rows))
+    figure, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.6), squeeze=False)
+    for axis, model in zip(axes[0], models):
+        mine = [row for row in rows if row.model == model]
+        baseline = [row for row in mine if row.r == 0]
+        series: dict[str, list[Any]] = {}
+        for row in mine:
+            if row.r:
+                label = " ".join(str(p) for p in (row.strategy, row.schedule, row.divided, row.threshold) if p)
+                series.setdefault(label, []).append(row)
+        for label, members in sorted(series.items()):
+            points = sorted((row.speedup, 100 * row.action) for row in baseline + members)
+            axis.plot(*zip(*points), marker="o", label=label)
+        for row in baseline:
+            axis.scatter([1.0], [100 * row.action], color="black", zorder=3, label="unmerged")
+        axis.set_title(model)
+        axis.set_xlabel("speedup (x)")
+        axis.set_ylabel("action accuracy (%)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize="x-small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+    return path
+
+
+def token_owners(model: torch.nn.Module, pixels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """For one clip through a model patched with ``trace_source=True``: the final token holding each input token
+    (-1 where it was dropped) and the input tokens' (time step, row, column), class tokens left out."""
+    with torch.inference_mode():
+        model(pixel_values=pixels.unsqueeze(0))
+    held = videotome.sources(model)[0]  # (final tokens, input tokens)
+    grid = videotome.token_grid(model)
+    patches = grid[:, 0] >= 0
+    owners = torch.where(held.sum(0) > 0, held.argmax(0), torch.full_like(held.argmax(0), -1))
+    return owners[patches].numpy(), grid[patches].numpy()
+
+
+def paint(owners: np.ndarray, grid: np.ndarray, step: int, shape: tuple[int, int], patch: int) -> np.ndarray:
+    """An RGBA (H, W, 4) overlay for time step ``step``: each patch in its owner's colour, dropped patches black."""
+    plt = _pyplot()
+    count = max(1, int(owners.max()) + 1)
+    palette = plt.get_cmap("tab20") if count <= 20 else plt.get_cmap("hsv")
+    colours = palette(np.random.default_rng(0).permutation(count) / count)
+    overlay = np.zeros((*shape, 4))
+    for owner, (time_step, row, column) in zip(owners, grid):
+        if time_step != step:
+            continue
+        colour = colours[owner] if owner >= 0 else np.array([0.0, 0.0, 0.0, 1.0])
+        overlay[row * patch : (row + 1) * patch, column * patch : (column + 1) * patch] = colour
+    overlay[..., 3] = np.where(overlay[..., 3] > 0, 0.55, 0.0)
+    return overlay
+
+
+def plot_merges(
+    models: Sequence[str], clip: torch.Tensor, path: Path, checkpoints: str | Path = CHECKPOINTS
+) -> Path:
+    """One validation clip, every frame, each final token of the merged model (paper's operating point, merge,
+    constant schedule) painted in its own colour over the patches it holds; one row per model."""
+    from .demo import Setting, is_divided, operating_r, patched_copy
+
+    plt = _pyplot()
+    total_frames = clip.shape[0]
+    figure, axes = plt.subplots(len(models), total_frames, figsize=(1.1 * total_frames, 1.3 * len(models)),
+                                squeeze=False)
+    for axes_row, arch in zip(axes, models):
+        model = load_checkpoint(arch, checkpoints)
+        setting = Setting(operating_r(model, arch), "merge", "constant", "per_frame" if is_divided(arch) else None)
+        merged = patched_copy(model, setting, trace_source=True)
+        frames = int(model.config.num_frames)
+        shown = torch.linspace(0, total_frames - 1, frames).round().long().tolist()
+        owners, grid = token_owners(merged, select_frames(clip.unsqueeze(0), frames)[0])
+        tubelet = getattr(model.config, "tubelet_size", 1)
+        tubelet = tubelet[0] if isinstance(tubelet, (list, tuple)) else int(tubelet)
+        patch = clip.shape[-1] // (int(grid[:, 2].max()) + 1)
+        for index, axis in enumerate(axes_row):
+            axis.axis("off")
+            if index not in shown:
+                continue
+            picture = (clip[index].permute(1, 2, 0).numpy() + 1) / 2
+            axis.imshow(picture.clip(0, 1), interpolation="nearest")
+            step = shown.index(index) // tubelet
+            axis.imshow(paint(owners, grid, step, picture.shape[:2], patch), interpolation="nearest")
+        axes_row[0].set_title(f"{arch} (r={setting.r})", fontsize=7, loc="left")
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+    return path

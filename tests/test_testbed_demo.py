@@ -1,0 +1,107 @@
+"""`videotome testbed train`, `testbed generate` and `demo` end to end, on tiny settings."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from videotome.evaluation.results import read_runs
+from videotome.testbed import train as train_module
+from videotome.testbed.commands import add_commands
+from videotome.testbed.data import validation_set
+from videotome.testbed.models import ARCHITECTURES, checkpoint_dir, read_metadata
+
+ROW_KEYS = {"model", "strategy", "r", "schedule", "divided", "verb", "noun", "action", "clips_per_s", "speedup"}
+
+
+def run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="videotome")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    models = ["videomae", "timesformer"]
+    if not all((checkpoint_dir(arch) / "config.json").is_file() for arch in models):
+        pytest.fail("the packaged testbed checkpoints are missing (see src/videotome/testbed/checkpoints/RECIPES.md)")
+    out = tmp_path / "demo"
+    argv = ["demo", "--models", *models, "--limit", "16", "--timing-clips", "16", "--repeats", "1"]
+    assert run([*argv, "--out", str(out), "--json", "--no-progress"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert len(rows) == 10 and all(ROW_KEYS <= set(row) for row in rows)
+    assert [row["strategy"] for row in rows[:5]] == ["none", "merge", "drop", "random_drop", "random_merge"]
+    assert {row["r"] for row in rows if row["model"] == "videomae" and row["r"]} == {12}  # 9.6% of 128 tokens
+    assert {row["r"] for row in rows if row["model"] == "timesformer" and row["r"]} == {1}  # 18/196 of 16 per frame
+    assert all(row["divided"] == "per_frame" for row in rows if row["model"] == "timesformer" and row["r"])
+    for name in ("table.md", "results.jsonl", "accuracy_vs_speedup.png", "merges.png"):
+        assert (out / name).stat().st_size > 0
+    runs = read_runs(out / "results.jsonl")
+    assert len(runs) == 10 and all(len(run.records) == 16 for run in runs)
+    assert "| videomae | merge | 12 | constant |" in (out / "table.md").read_text()
+
+
+def test_generate_writes_the_validation_clips_losslessly(tmp_path: Path) -> None:
+    assert run(["testbed", "generate", "--count", "2", "--out", str(tmp_path)]) == 0
+    listing = (tmp_path / "verb.txt").read_text().splitlines()
+    clips = validation_set(2)
+    assert listing == [f"videos/val-0000{i}.mp4 {int(clips.verb[i])}" for i in range(2)]
+    with av.open(str(tmp_path / "videos" / "val-00001.mp4")) as container:
+        frames = np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+    assert np.array_equal(frames, clips.video[1].permute(0, 2, 3, 1).numpy())
+
+
+def test_train_resumes_from_its_saved_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "model"
+    argv = ["testbed", "train", "--arch", "videomae", "--out", str(out), "--batch-size", "4", "--eval-clips", "8"]
+    seeds: list[int] = []
+    real_generate = train_module.generate
+
+    def recording_generate(split: str, count: int, seed: int, spec: object) -> object:
+        seeds.append(seed)
+        return real_generate(split, count, seed, spec)
+
+    monkeypatch.setattr(train_module, "generate", recording_generate)
+    config = train_module.TrainConfig(arch="videomae", out=str(out), steps=2, batch_size=4, save_every=1)
+    model = train_module.build_model("videomae")
+    optimizer = torch.optim.AdamW(model.parameters())
+    out.mkdir()
+    train_module._save_state(out / train_module.STATE_FILE, model, optimizer, config, step=1, elapsed=1.0)
+    assert run([*argv, "--steps", "2", "--save-every", "1"]) == 0
+    assert seeds == [1]  # only the second step ran: the first was in the saved state
+    assert not (out / train_module.STATE_FILE).exists()
+    record = read_metadata(out)
+    assert record["arch"] == "videomae" and record["command"].startswith("videotome testbed train --arch=videomae")
+    assert set(record["validation_accuracy"]) == {"verb", "noun", "action"}
+    assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
+
+
+def test_resuming_with_another_configuration_is_refused(tmp_path: Path) -> None:
+    config = train_module.TrainConfig(arch="videomae", out=str(tmp_path), steps=2, batch_size=4)
+    model = train_module.build_model("videomae")
+    train_module._save_state(tmp_path / train_module.STATE_FILE, model, torch.optim.AdamW(model.parameters()),
+                             config, step=1, elapsed=1.0)
+    with pytest.raises(ValueError, match="resuming needs the same"):
+        train_module.train(train_module.TrainConfig(arch="videomae", out=str(tmp_path), steps=2, batch_size=8))
+
+
+def test_bad_arguments_are_named() -> None:
+    with pytest.raises(ValueError, match="unknown architecture 'resnet'"):
+        train_module.TrainConfig(arch="resnet", out="x")
+    with pytest.raises(ValueError, match="steps must be at least 1"):
+        train_module.TrainConfig(arch="vivit", out="x", steps=0)
+    assert set(ARCHITECTURES) == {"videomae", "vivit", "timesformer", "motionformer"}
