@@ -65,6 +65,15 @@ def main_output(output) -> torch.Tensor:
     return output["logits"] if "logits" in output else output["last_hidden_state"]
 
 
+@pytest.fixture
+def one_thread():
+    """Run on one torch thread: on a shared 2-core machine more threads oversubscribe and slow small steps badly."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(params=FAMILIES)
 def family(request) -> str:
     return request.param

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from videotome.testbed.models import ARCHITECTURES, checkpoint_dir, load_checkpoint, read_metadata
 from videotome.testbed.train import validation_accuracy
@@ -17,12 +16,7 @@ BELOW_BAR = {"videomae", "vivit", "timesformer", "motionformer"}
 TOLERANCE = 0.015
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> None:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

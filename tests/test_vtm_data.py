@@ -20,13 +20,7 @@ from videotome.vtm.model import VTMConfig
 from videotome.vtm.train import TrainConfig, evaluate, load_model, predict_video, score, train, warmup_cosine
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Train on one thread: on a shared 2-core machine more threads oversubscribe and slow small steps badly."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write(path: Path, text: str) -> Path:

@@ -18,13 +18,7 @@ CLIP = SHARED / "clips" / "bigbuckbunny.mp4"
 BACKBONE = SHARED / "dinov2-small"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Train on one thread: on a shared 2-core machine more threads oversubscribe and slow small steps badly."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_cli(*argv: str) -> int:
