@@ -172,15 +172,16 @@ def package_version(package: str) -> str | None:
         return None
 
 
-def make_header(settings: dict[str, Any], config: EvalConfig, context: DistContext) -> dict[str, Any]:
+def make_header(
+    settings: dict[str, Any], *, batch_size: int, workers: int, device: torch.device, world: int = 1
+) -> dict[str, Any]:
     """The first line of a run: settings, library versions and hardware."""
-    device = context.device
     return {
         "type": "header",
         "run": run_id(settings),
         "settings": settings,
-        "batch_size": config.batch_size,
-        "workers": config.workers,
+        "batch_size": batch_size,
+        "workers": workers,
         "versions": {
             "python": platform.python_version(),
             **{name: package_version(name) for name in ("videotome", "torch", "transformers", "av", "numpy")},
@@ -192,7 +193,7 @@ def make_header(settings: dict[str, Any], config: EvalConfig, context: DistConte
             "torch_threads": torch.get_num_threads(),
             "device": str(device),
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-            "world_size": context.world,
+            "world_size": world,
         },
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -362,7 +363,9 @@ def evaluate(config: EvalConfig, *, new_runs: bool = False, resume: bool = False
     apply_reduction(loaded.model, config)
     check_labels(samples, _probe(loaded, heads, context.device), config.annotations)
     settings = run_settings(config, loaded)
-    header = make_header(settings, config, context)
+    header = make_header(
+        settings, batch_size=config.batch_size, workers=config.workers, device=context.device, world=context.world
+    )
 
     writer, failure = None, None
     if context.rank == 0:  # only rank 0 touches the file; the others learn what is done from it

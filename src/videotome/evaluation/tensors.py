@@ -19,8 +19,8 @@ import torch
 from tqdm import tqdm
 
 from .datasets import Sample
-from .harness import clip_records, forward_batch, package_version
-from .results import ResultsError, ResultsWriter, compute_metrics, run_id
+from .harness import clip_records, forward_batch, make_header
+from .results import ResultsError, ResultsWriter, compute_metrics
 
 
 @dataclass
@@ -61,17 +61,8 @@ def evaluate_tensors(
     missing = {"model", "model_type", "dataset", "r", "strategy", "schedule"} - set(settings)
     if missing:
         raise ValueError(f"settings lack {sorted(missing)}")
-    rid = run_id(settings)
-    header = {
-        "type": "header",
-        "run": rid,
-        "settings": settings,
-        "batch_size": batch_size,
-        "workers": 0,
-        "versions": {name: package_version(name) for name in ("videotome", "torch", "transformers", "numpy")},
-        "hardware": {"torch_threads": torch.get_num_threads(), "device": str(clips.pixels.device)},
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    header = make_header(settings, batch_size=batch_size, workers=0, device=clips.pixels.device)
+    rid = header["run"]
     brief = {key: settings[key] for key in ("model", "dataset", "r", "strategy", "schedule")}
     records: dict[str, dict[str, Any]] = {}
     seconds = 0.0
