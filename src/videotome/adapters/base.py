@@ -126,20 +126,20 @@ def reduce_tokens(state: TokenState, metric: Tensor, call: LayerCall, *, protect
     return TokenState(x, size, source)
 
 
-def to_frames(x: Tensor, frames: int, *, frame_major: bool) -> Tensor:
-    """(batch, 1 + frames * count, C) in the model's order -> each frame's tokens, (batch * frames, count, C).
+def to_frames(patches: Tensor, frames: int, *, frame_major: bool) -> Tensor:
+    """A divided model's patch tokens (batch, frames * count, C), in the model's order, as each frame's tokens,
+    (batch * frames, count, C).
 
-    Frame-major sequences hold token 1 + t * count + p, patch-major ones token 1 + p * frames + t; the class
-    token at position 0 is left out. Row b * frames + t is frame t of clip b.
+    Frame-major sequences hold token t * count + p, patch-major ones token p * frames + t (after the class token,
+    which is not part of ``patches``). Row b * frames + t is frame t of clip b.
     """
-    patches = x[:, 1:]
     if frame_major:
-        return patches.reshape(x.shape[0] * frames, -1, x.shape[-1])
+        return patches.reshape(patches.shape[0] * frames, -1, patches.shape[-1])
     return patches.unflatten(1, (-1, frames)).transpose(1, 2).flatten(0, 1)
 
 
 def from_frames(per_frame: Tensor, frames: int, *, frame_major: bool) -> Tensor:
-    """The inverse of :func:`to_frames`, without the class token: (batch, frames * count, C) in the model's order."""
+    """The inverse of :func:`to_frames`: (batch, frames * count, C) in the model's order."""
     clips = per_frame.unflatten(0, (-1, frames))
     if not frame_major:
         clips = clips.transpose(1, 2)
@@ -147,29 +147,37 @@ def from_frames(per_frame: Tensor, frames: int, *, frame_major: bool) -> Tensor:
 
 
 def reduce_frames(
-    x: Tensor, state: TokenState, metric: Tensor, call: LayerCall, frames: int, *, frame_major: bool
+    cls: Tensor,
+    per_frame: Tensor,
+    state: TokenState,
+    metric: Tensor,
+    call: LayerCall,
+    frames: int,
+    *,
+    frame_major: bool,
 ) -> TokenState:
-    """Reduce each frame of a divided model's sequence x (batch, 1 + frames * count, C) on its own.
+    """Reduce each frame of a divided model on its own; return the state with x back in the model's order.
 
-    ``metric`` is per frame, (batch * frames, count, C'). ``per_frame`` mode matches every frame on its own keys;
-    ``aligned`` mode matches once per clip on the frame-averaged keys and applies the same merges to every frame.
-    Sizes stay per frame, (batch * frames, count, 1); the source map stays in the model's order and goes through
-    the very reshapes the features go through, so it shows where each token's patches really come from.
-    Frames too short to lose a token (r clamped to 0) are left as they are.
+    ``per_frame`` holds each frame's tokens as :func:`to_frames` lays them out, (batch * frames, count, C), and
+    ``cls`` the class token (batch, 1, C); ``metric`` is per frame too. ``per_frame`` mode matches every frame on its
+    own keys; ``aligned`` mode matches once per clip on the frame-averaged keys and applies the same merges to every
+    frame. Sizes stay per frame, (batch * frames, count, 1); the source map stays in the model's order and goes
+    through :func:`to_frames` and :func:`from_frames` as the features do, so it shows where each token's patches
+    really come from. Frames too short to lose a token (r clamped to 0) are left as they are.
     """
-    if merge.clamp_r(call.r, metric.shape[1]) == 0:
-        return state._replace(x=x)
-    with torch.profiler.record_function(MERGE_REGION):
-        shared = frames if call.plan.divided == "aligned" else 1
-        reduction = prepare_reduction(metric, call, protect_first=False, shared_groups=shared)
-        per_frame, size = merge.merge_wavg(reduction, to_frames(x, frames, frame_major=frame_major), state.size)
-        x = torch.cat([x[:, :1], from_frames(per_frame, frames, frame_major=frame_major)], dim=1)
-        source = state.source
-        if call.plan.trace_source:
-            source = identity_source(state.x) if source is None else source
-            reduced = merge.apply(reduction, to_frames(source, frames, frame_major=frame_major))
-            source = torch.cat([source[:, :1], from_frames(reduced, frames, frame_major=frame_major)], dim=1)
-    return TokenState(x, size, source)
+    if merge.clamp_r(call.r, per_frame.shape[1]) > 0:
+        with torch.profiler.record_function(MERGE_REGION):
+            shared = frames if call.plan.divided == "aligned" else 1
+            reduction = prepare_reduction(metric, call, protect_first=False, shared_groups=shared)
+            per_frame, size = merge.merge_wavg(reduction, per_frame, state.size)
+            source = state.source
+            if call.plan.trace_source:
+                source = identity_source(state.x) if source is None else source
+                reduced = merge.apply(reduction, to_frames(source[:, 1:], frames, frame_major=frame_major))
+                source = torch.cat([source[:, :1], from_frames(reduced, frames, frame_major=frame_major)], dim=1)
+            state = TokenState(state.x, size, source)
+    x = torch.cat([cls, from_frames(per_frame, frames, frame_major=frame_major)], dim=1)
+    return state._replace(x=x)
 
 
 def patch_grid(times: int, rows: int, cols: int, *, class_token: bool, time_major: bool = True) -> Tensor:

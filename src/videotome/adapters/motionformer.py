@@ -21,6 +21,8 @@ from .base import Adapter, LayerCall, TokenState, log_size, patch_grid, reduce_f
 
 
 class MotionformerAdapter(Adapter):
+    #: the token order: frame-major (token 1 + t * count + p)
+    frame_major = True
     classes = (MotionformerModel, MotionformerForVideoClassification)
 
     def base(self, model: nn.Module) -> MotionformerModel:
@@ -54,8 +56,9 @@ class MotionformerAdapter(Adapter):
         q, k, v = layer.attn.compute_qkv(layer.norm1(x))
         x = x + layer.drop_path(layer.attn.attend(q, k, v, frames, bias))
         if call.r > 0:
-            metric = to_frames(k.mean(dim=1), frames, frame_major=True)
-            state = reduce_frames(x, state, metric, call, frames, frame_major=True)
+            metric = to_frames(k.mean(dim=1)[:, 1:], frames, frame_major=self.frame_major)
+            per_frame = to_frames(x[:, 1:], frames, frame_major=self.frame_major)
+            state = reduce_frames(x[:, :1], per_frame, state, metric, call, frames, frame_major=self.frame_major)
             x = state.x
         x = x + layer.drop_path(layer.mlp(layer.norm2(x)))
         return state._replace(x=x)

@@ -28,6 +28,7 @@ from .base import (
     attend,
     classification_output,
     from_frames,
+    to_frames,
     log_size,
     patch_grid,
     reduce_frames,
@@ -42,6 +43,8 @@ def _qkv(attention: nn.Module, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 class TimesformerAdapter(Adapter):
+    #: the token order: patch-major (token 1 + p * frames + t)
+    frame_major = False
     classes = (TimesformerModel, TimesformerForVideoClassification)
 
     def base(self, model: nn.Module) -> TimesformerModel:
@@ -104,7 +107,7 @@ class TimesformerAdapter(Adapter):
         temporal = layer.temporal_dense(layer.drop_path(temporal).reshape(batch, slots * frames, channels))
         patches = patches + temporal
 
-        per_frame = patches.reshape(batch, slots, frames, channels).transpose(1, 2).flatten(0, 1)
+        per_frame = to_frames(patches, frames, frame_major=self.frame_major)
         spatial_in = torch.cat([cls.repeat_interleave(frames, dim=0), per_frame], dim=1)
         spatial_bias = None
         if frame_bias is not None:
@@ -113,11 +116,12 @@ class TimesformerAdapter(Adapter):
         spatial = layer.drop_path(spatial)
         cls = cls + spatial[:, :1].unflatten(0, (batch, frames)).mean(dim=1)
         per_frame = per_frame + spatial[:, 1:]
-        x = torch.cat([cls, from_frames(per_frame, frames, frame_major=False)], dim=1)
-
         if call.r > 0:
-            state = reduce_frames(x, state, keys.mean(dim=1)[:, 1:], call, frames, frame_major=False)
+            metric = keys.mean(dim=1)[:, 1:]
+            state = reduce_frames(cls, per_frame, state, metric, call, frames, frame_major=self.frame_major)
             x = state.x
+        else:
+            x = torch.cat([cls, from_frames(per_frame, frames, frame_major=self.frame_major)], dim=1)
         mlp = layer.output(layer.intermediate(layer.layernorm_after(x)))
         return state._replace(x=x + layer.drop_path(mlp))
 

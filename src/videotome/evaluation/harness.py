@@ -408,7 +408,11 @@ def _run(
     batches = iter(loader)
     brief = {key: settings[key] for key in ("model", "dataset", "r", "strategy", "schedule")}
     bar = tqdm(
-        total=len(remaining), desc="eval", unit="clip", disable=not config.progress or context.rank != 0, file=sys.stderr
+        total=len(remaining),
+        desc="eval",
+        unit="clip",
+        disable=not config.progress or context.rank != 0,
+        file=sys.stderr,
     )
     model_clips, model_seconds = 0, 0.0
     begin = time.perf_counter()
