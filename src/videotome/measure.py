@@ -17,8 +17,9 @@ from tqdm import tqdm
 
 def synchronize(device: torch.device | str) -> None:
     """Wait for queued work on an accelerator, so wall-clock time covers it."""
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def time_interleaved(

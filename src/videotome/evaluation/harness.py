@@ -25,6 +25,7 @@ from tqdm import tqdm
 import videotome
 
 from ..loading import VIDEO_MODEL_TYPES, load_local_model, resolve_model_dir
+from ..measure import synchronize
 from .datasets import Sample, check_labels, class_names_from_id2label, load_samples
 from .results import ResultsError, ResultsWriter, compute_metrics, run_id
 from .video import (
@@ -280,13 +281,11 @@ def forward_batch(
     model: torch.nn.Module, pixels: torch.Tensor, heads: dict[str, int] | None
 ) -> tuple[dict[str, torch.Tensor], float]:
     """Run the model on a batch; return probabilities per head and the seconds the forward pass took."""
-    if pixels.device.type == "cuda":
-        torch.cuda.synchronize(pixels.device)
+    synchronize(pixels.device)
     begin = time.perf_counter()
     with torch.inference_mode():
         output = model(pixel_values=pixels)
-    if pixels.device.type == "cuda":
-        torch.cuda.synchronize(pixels.device)
+    synchronize(pixels.device)
     seconds = time.perf_counter() - begin
     return {head: logits.float().softmax(-1).cpu() for head, logits in split_heads(output, heads).items()}, seconds
 
