@@ -15,7 +15,7 @@ from videotome.evaluation.results import read_runs
 from videotome.testbed import train as train_module
 from videotome.testbed.commands import add_commands
 from videotome.testbed.data import validation_set
-from videotome.testbed.models import ARCHITECTURES, checkpoint_dir, read_metadata
+from videotome.testbed.models import ARCHITECTURES, checkpoint_dir, load_checkpoint, read_metadata
 
 ROW_KEYS = {"model", "strategy", "r", "schedule", "divided", "verb", "noun", "action", "clips_per_s", "speedup"}
 
@@ -85,6 +85,26 @@ def test_train_resumes_from_its_saved_state(tmp_path: Path, monkeypatch: pytest.
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
 
 
+def test_fine_tuning_starts_from_the_init_checkpoint_and_keeps_its_record(tmp_path: Path) -> None:
+    small = dict(arch="vivit", steps=1, batch_size=4, eval_clips=8)
+    base = train_module.train(train_module.TrainConfig(out=str(tmp_path / "base"), **small))
+    # lr 0 leaves every weight where the init checkpoint put it, so the result must equal it exactly
+    tuned = train_module.train(
+        train_module.TrainConfig(out=str(tmp_path / "tuned"), init=str(tmp_path / "base"), lr=0.0, seed=1, **small)
+    )
+    expected = load_checkpoint(tmp_path / "base").state_dict()
+    for name, value in load_checkpoint(tmp_path / "tuned").state_dict().items():
+        assert torch.equal(value, expected[name]), name
+    assert tuned["init_record"]["command"] == base["command"]
+    assert "--init=" in tuned["command"]
+    assert tuned["total_train_seconds"] >= base["train_seconds"]
+    with pytest.raises(ValueError, match="init must be a testbed checkpoint directory .*'nowhere'"):
+        train_module.TrainConfig(arch="vivit", out="x", init="nowhere")
+    with pytest.raises(ValueError, match="holds a VivitForVideoClassification, not a VideoMAE"):
+        train_module.train(train_module.TrainConfig(**{**small, "arch": "videomae"}, out=str(tmp_path / "x"),
+                                                    init=str(tmp_path / "base")))
+
+
 def test_resuming_with_another_configuration_is_refused(tmp_path: Path) -> None:
     config = train_module.TrainConfig(arch="videomae", out=str(tmp_path), steps=2, batch_size=4)
     model = train_module.build_model("videomae")
@@ -99,4 +119,8 @@ def test_bad_arguments_are_named() -> None:
         train_module.TrainConfig(arch="resnet", out="x")
     with pytest.raises(ValueError, match="steps must be at least 1"):
         train_module.TrainConfig(arch="vivit", out="x", steps=0)
+    with pytest.raises(ValueError, match="threads must be at least 1 .* got 0"):
+        train_module.TrainConfig(arch="vivit", out="x", threads=0)
+    with pytest.raises(ValueError, match="--threads 0 must be at least 1"):
+        run(["demo", "--threads", "0", "--limit", "1"])
     assert set(ARCHITECTURES) == {"videomae", "vivit", "timesformer", "motionformer"}

@@ -19,6 +19,21 @@ COMMAND_MODULES = (
 )
 
 
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    """``--threads``: CPU threads for torch; 1 avoids the slowdown of oversubscribing a shared machine."""
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    """Set torch's CPU thread count when ``--threads`` was given."""
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads {args.threads} must be at least 1")
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the top-level parser with every feature module's sub-commands."""
     parser = argparse.ArgumentParser(prog="videotome", description="Token merging for video transformers.")

@@ -67,9 +67,13 @@ class Clips:
         """The clips as model input: float32 in [-1, 1] (mean and standard deviation 0.5, as the checkpoints use)."""
         return self.video.float().div_(127.5).sub_(1.0)
 
+    def take(self, index: slice | torch.Tensor) -> Clips:
+        """The clips at ``index`` (a slice or a tensor of positions), every field alike."""
+        return Clips(*(getattr(self, name)[index] for name in ("video", "verb", "noun", "digit_index", "track")))
+
     def head(self, count: int) -> Clips:
         """The first ``count`` clips."""
-        return Clips(*(getattr(self, name)[:count] for name in ("video", "verb", "noun", "digit_index", "track")))
+        return self.take(slice(count))
 
     def labels(self) -> torch.Tensor:
         """(N, 2) verb and noun labels."""

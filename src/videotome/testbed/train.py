@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .data import HEADS, Clips, ClipSpec, generate, validation_set
-from .models import ARCHITECTURES, METADATA, build_model, head_logits
+from .models import ARCHITECTURES, METADATA, build_model, head_logits, load_checkpoint, read_metadata
 
 STATE_FILE = "training_state.pt"
 #: seed offset per step, so every step's batch is its own generator seed
@@ -45,6 +45,7 @@ class TrainConfig:
     save_every: int = 50
     pool: int = 0
     threads: int | None = None
+    init: str | None = None
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -52,6 +53,10 @@ class TrainConfig:
         for name in ("steps", "batch_size", "eval_clips", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.init is not None and not (Path(self.init) / "config.json").is_file():
+            raise ValueError(f"init must be a testbed checkpoint directory (with config.json), got {self.init!r}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be at least 1 (or None: torch's choice), got {self.threads}")
         if self.pool and self.pool < self.batch_size:
             raise ValueError(f"pool must be 0 (fresh clips every step) or at least batch_size, got {self.pool}")
 
@@ -77,8 +82,7 @@ class Batches:
         epoch, position = divmod(step, per_pass)
         order = torch.randperm(config.pool, generator=torch.Generator().manual_seed(config.seed * 7919 + epoch))
         chosen = order[position * config.batch_size : (position + 1) * config.batch_size]
-        return Clips(*(getattr(self.clips, name)[chosen] for name in ("video", "verb", "noun", "digit_index", "track")))
-
+        return self.clips.take(chosen)
 
 
 def learning_rate(step: int, config: TrainConfig) -> float:
@@ -147,6 +151,15 @@ def _save_state(path: Path, model, optimizer, config: TrainConfig, step: int, el
     partial.replace(path)
 
 
+def _start_from(model: torch.nn.Module, directory: str) -> dict[str, Any]:
+    """Load a finished checkpoint's weights into ``model`` (fine-tuning) and return its training record."""
+    trained = load_checkpoint(directory)
+    if type(trained) is not type(model):
+        raise ValueError(f"init checkpoint {directory} holds a {type(trained).__name__}, not a {type(model).__name__}")
+    model.load_state_dict(trained.state_dict())
+    return read_metadata(directory)
+
+
 def train(config: TrainConfig) -> dict[str, Any]:
     """Train (or resume) one testbed model into ``config.out``; return its ``testbed.json`` record."""
     if config.threads:
@@ -156,6 +169,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     torch.manual_seed(config.seed)
     spec = ClipSpec()
     model = build_model(config.arch, spec)
+    parent = _start_from(model, config.init) if config.init else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     state_path = out / STATE_FILE
     progress = {"step": 0, "elapsed": 0.0}
@@ -194,6 +208,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
         "validation_accuracy": accuracy,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
+    if parent is not None:
+        record["init_record"] = parent
+        record["total_train_seconds"] = round(seconds + parent.get("total_train_seconds", parent["train_seconds"]), 1)
     (out / METADATA).write_text(json.dumps(record, indent=2) + "\n")
     state_path.unlink()  # finished: the package keeps only the model, its config and this record
     return record

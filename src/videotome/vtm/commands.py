@@ -8,21 +8,9 @@ from pathlib import Path
 
 import torch
 
+from videotome.cli import add_threads_option, apply_threads
 from videotome.vtm.model import ATTENTION_KERNELS, AUX_WEIGHTS, VTMConfig
 from videotome.vtm.partition import PARTITIONS
-
-
-def add_threads_option(parser: argparse.ArgumentParser) -> None:
-    """``--threads``: CPU threads for torch; 1 avoids the slowdown of oversubscribing a shared machine."""
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-
-
-def apply_threads(args: argparse.Namespace) -> None:
-    """Set torch's CPU thread count when ``--threads`` was given."""
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads {args.threads} must be at least 1")
-        torch.set_num_threads(args.threads)
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
