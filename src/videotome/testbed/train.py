@@ -210,7 +210,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     }
     if parent is not None:
         record["init_record"] = parent
-        record["total_train_seconds"] = round(seconds + parent.get("total_train_seconds", parent["train_seconds"]), 1)
+        earlier = parent.get("total_train_seconds", parent.get("train_seconds", 0.0))  # 0 without a record
+        record["total_train_seconds"] = round(seconds + earlier, 1)
     (out / METADATA).write_text(json.dumps(record, indent=2) + "\n")
     state_path.unlink()  # finished: the package keeps only the model, its config and this record
     return record
