@@ -9,11 +9,17 @@ against aligned merging, each as a Markdown table, then the issue's three goals 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from collections.abc import Iterable
 from pathlib import Path
 
+import torch
+
+import videotome
+from videotome.bench import count_flops
 from videotome.testbed.demo import DIVIDED_ARCHITECTURES, STRATEGIES, Row, markdown_table
+from videotome.testbed.models import load_checkpoint
 
 PAPER_ORDER = ("merge", "drop", "random_drop", "random_merge")
 JOINT_SPEEDUP_GOAL = 2.3
@@ -42,11 +48,12 @@ def report(rows: list[Row]) -> str:
     """Every RESULTS.md table and the goal checks, as Markdown."""
     models = list(dict.fromkeys(row.model for row in rows))
     operating = {model: operating_rows(rows, model) for model in models}
-    parts = [section("Operating point (constant schedule)", [row for ops in operating.values() for row in ops.values()])]
+    at_operating_point = [row for ops in operating.values() for row in ops.values()]
+    parts = [section("Operating point (constant schedule)", at_operating_point)]
     order_lines = []
     for model, ops in operating.items():
         ranked = sorted(PAPER_ORDER, key=lambda name: -ops[name].action)
-        verdict = "as the paper" if tuple(ranked) == PAPER_ORDER else "differs from merge > drop > random_drop > random_merge"
+        verdict = "as the paper" if tuple(ranked) == PAPER_ORDER else f"differs from {' > '.join(PAPER_ORDER)}"
         chain = " > ".join(f"{name} ({100 * ops[name].action:.1f})" for name in ranked)
         order_lines.append(f"- {model}: {chain}: {verdict}")
     parts.append("Action accuracy at the operating point, best first:\n\n" + "\n".join(order_lines) + "\n")
@@ -69,14 +76,6 @@ def report(rows: list[Row]) -> str:
 def flop_ratio(model: str, r: int) -> float:
     """Unmerged FLOPs over merged FLOPs of a packaged testbed model at constant r: the speedup a perfectly
     efficient implementation would reach."""
-    import copy
-
-    import torch
-
-    import videotome
-    from videotome.bench import count_flops
-    from videotome.testbed.models import load_checkpoint
-
     network = load_checkpoint(model)
     pixels = torch.zeros(1, network.config.num_frames, 3, network.config.image_size, network.config.image_size)
     return count_flops(network, pixels) / count_flops(videotome.patch(copy.deepcopy(network), r), pixels)
@@ -91,8 +90,9 @@ def goal_lines(rows: list[Row], operating: dict[str, dict[str, Row]]) -> list[st
             loss = base.action - merged.action
             met = merged.speedup >= JOINT_SPEEDUP_GOAL and loss <= JOINT_ACTION_LOSS_GOAL
             lines.append(
-                f"- {model} speed: merge r={merged.r} {merged.speedup:.2f}x (FLOP ratio {flop_ratio(model, merged.r):.2f}), "
-                f"action {100 * -loss:+.1f} points: {'met' if met else 'not met'}"
+                f"- {model} speed: merge r={merged.r} {merged.speedup:.2f}x "
+                f"(FLOP ratio {flop_ratio(model, merged.r):.2f}), action {100 * -loss:+.1f} points: "
+                f"{'met' if met else 'not met'}"
             )
             faster = [row for row in rows if row.model == model and row.strategy == "merge"
                       and row.speedup >= JOINT_SPEEDUP_GOAL]

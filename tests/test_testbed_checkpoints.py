@@ -9,8 +9,8 @@ from videotome.testbed.train import validation_accuracy
 
 #: accuracies each checkpoint is required to reach unmerged (the issue's bar)
 REQUIRED = {"noun": 0.95, "verb": 0.90}
-#: checkpoints known to miss the bar (trained too briefly on a shared CPU; see checkpoints/RECIPES.md). Strict: a retrained
-#: checkpoint that passes turns this into a failure, so the entry is removed with it.
+#: checkpoints known to miss the bar (trained too briefly on a shared CPU; see checkpoints/RECIPES.md). Strict: a
+#: retrained checkpoint that passes turns this into a failure, so the entry is removed with it.
 BELOW_BAR = {"vivit", "timesformer", "motionformer"}
 #: how far a re-evaluation may drift from the recorded accuracy (other CPUs round differently)
 TOLERANCE = 0.015
