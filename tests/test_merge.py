@@ -122,6 +122,18 @@ def test_source_map_tracks_every_input_token():
     assert torch.equal(source[:, 0, 0], torch.ones(3))
 
 
+@pytest.mark.parametrize("tokens, r", [(17, 6), (16, 8), (9, 0)])
+def test_each_merged_token_is_the_mean_of_the_inputs_it_holds(tokens, r):
+    metric = torch.randn(3, tokens, 8)
+    x = torch.randn(3, 5, tokens).transpose(1, 2)  # a non-contiguous batch, as adapters may pass
+    reduction = merge.bipartite_soft_matching(metric, r)
+    out, size = merge.merge_wavg(reduction, x, None)
+    source = merge.merge_source(reduction, None, tokens)
+    assert out.shape == (3, tokens - r, 5)
+    torch.testing.assert_close(out, source @ x / source.sum(-1, keepdim=True))
+    assert torch.equal(size, source.sum(-1, keepdim=True))
+
+
 def test_explicit_sets_merge_sources_into_targets():
     metric = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 0.1], [0.1, 1.0], [-1.0, 0.0]]])
     x = torch.arange(5, dtype=torch.float32).view(1, 5, 1)

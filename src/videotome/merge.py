@@ -62,16 +62,11 @@ def clamp_r(r: int, num_tokens: int, protected: int = 0) -> int:
     return max(0, min(r, (num_tokens - protected) // 2))
 
 
-def _gather(x: Tensor, index: Tensor) -> Tensor:
-    """Rows of x (B, N, C) at index (B, K)."""
-    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-
-
 def split(x: Tensor, a_idx: Tensor | None = None, b_idx: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Split a per-token tensor (B, N, C) into its A and B sets: alternate positions, or the given index sets."""
     if a_idx is None:
         return x[:, ::2], x[:, 1::2]
-    return _gather(x, a_idx), _gather(x, b_idx)
+    return take(x, a_idx), take(x, b_idx)
 
 
 def best_match(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
@@ -143,18 +138,53 @@ def bipartite_soft_matching(
     return Reduction(kept, src, dst, weight, a_idx, b_idx)
 
 
+def positions(reduction: Reduction, num_tokens: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Sequence positions (B, K) of the kept A tokens, of every B token, and of the chosen A tokens."""
+    if reduction.a_idx is None:
+        b_pos = torch.arange(1, num_tokens, 2, device=reduction.kept.device).expand(reduction.kept.shape[0], -1)
+        return 2 * reduction.kept, b_pos, 2 * reduction.src
+    a_idx = reduction.a_idx
+    return a_idx.gather(1, reduction.kept), reduction.b_idx, a_idx.gather(1, reduction.src)
+
+
+def take(x: Tensor, pos: Tensor) -> Tensor:
+    """Rows of x (B, N, C) at sequence positions pos (B, K): (B, K, C).
+
+    One ``index_select`` over the flattened batch: on CPU several times faster than ``gather`` with an index
+    expanded over the channels, and the reduction's main cost at small sizes.
+    """
+    batch, tokens, channels = x.shape
+    rows = pos + torch.arange(batch, device=pos.device).unsqueeze(1) * tokens
+    return x.reshape(batch * tokens, channels).index_select(0, rows.flatten()).view(batch, pos.shape[1], channels)
+
+
+def _receive(out: Tensor, receiving: Tensor, keep: Tensor | None, incoming: Tensor) -> Tensor:
+    """Into rows ``receiving`` (B, r) of out (B, N', C): scale by ``keep`` (B, r, 1) if given, then add ``incoming``.
+
+    Several pairs may share a receiving row: the scaled row is written once per pair (the same value each time) and
+    every incoming row is added, in pair order.
+    """
+    batch, tokens, channels = out.shape
+    rows = (receiving + torch.arange(batch, device=out.device).unsqueeze(1) * tokens).flatten()
+    flat = out.view(batch * tokens, channels)
+    if keep is not None:
+        flat.index_copy_(0, rows, flat.index_select(0, rows) * keep.reshape(-1, 1))
+    flat.index_add_(0, rows, incoming.reshape(-1, channels))
+    return out
+
+
 def apply(reduction: Reduction, x: Tensor) -> Tensor:
     """Reduce a per-token tensor (B, N, C): kept A tokens, then B tokens with chosen A tokens summed in.
 
     Use :func:`merge_wavg` for features; summing is right for quantities that add up (sizes, source maps).
     """
-    a, b = split(x, reduction.a_idx, reduction.b_idx)
-    kept = _gather(a, reduction.kept)
-    src = _gather(a, reduction.src)
+    x = x.contiguous()
+    kept_pos, b_pos, src_pos = positions(reduction, x.shape[1])
+    src = take(x, src_pos)
     if reduction.weight is not None:
         src = src * reduction.weight.unsqueeze(-1).to(src.dtype)
-    dst = b.scatter_add(1, reduction.dst.unsqueeze(-1).expand(-1, -1, x.shape[-1]), src)
-    return torch.cat([kept, dst], dim=1)
+    out = take(x, torch.cat([kept_pos, b_pos], dim=1))
+    return _receive(out, reduction.kept.shape[1] + reduction.dst, None, src)
 
 
 def merge_wavg(reduction: Reduction, x: Tensor, size: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -164,27 +194,25 @@ def merge_wavg(reduction: Reduction, x: Tensor, size: Tensor | None) -> tuple[Te
     cost is one copy of x plus work on the r chosen pairs; a receiving token becomes
     x_dst * s_dst / S + sum(x_src * s_src / S) with S its new size. Sizes are kept in float32 for half inputs.
     """
-    batch, tokens, channels = x.shape
+    x = x.contiguous()
+    batch, tokens, _ = x.shape
     work = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
     if size is None:
         size = torch.ones(batch, tokens, 1, dtype=work, device=x.device)
-    a_size, b_size = split(size.to(work), reduction.a_idx, reduction.b_idx)
-    src_size = _gather(a_size, reduction.src)
+    kept_pos, b_pos, src_pos = positions(reduction, tokens)
+    order = torch.cat([kept_pos, b_pos], dim=1)
+    receiving = reduction.kept.shape[1] + reduction.dst
+    src_size = take(size.to(work), src_pos)
     if reduction.weight is not None:
         src_size = src_size * reduction.weight.unsqueeze(-1).to(work)
-    dst = reduction.dst.unsqueeze(-1)
-    new_b_size = b_size.scatter_add(1, dst, src_size)
-    dst_size = new_b_size.gather(1, dst)
+    new_size = take(size.to(work), order)
+    old_dst_size = new_size.gather(1, receiving.unsqueeze(-1))
+    new_size.scatter_add_(1, receiving.unsqueeze(-1), src_size)
+    dst_size = new_size.gather(1, receiving.unsqueeze(-1))
 
-    a, b = split(x, reduction.a_idx, reduction.b_idx)
-    out = torch.cat([_gather(a, reduction.kept), b], dim=1)
-    receiving = out[:, reduction.kept.shape[1] :]
-    dst_rows = dst.expand(-1, -1, channels)
-    kept_share = (b_size.gather(1, dst) / dst_size).to(x.dtype)
-    receiving.scatter_(1, dst_rows, b.gather(1, dst_rows) * kept_share)
-    incoming = _gather(a, reduction.src) * (src_size / dst_size).to(x.dtype)
-    receiving.scatter_add_(1, dst_rows, incoming)
-    return out, torch.cat([_gather(a_size, reduction.kept), new_b_size], dim=1)
+    incoming = take(x, src_pos) * (src_size / dst_size).to(x.dtype)
+    out = _receive(take(x, order), receiving, (old_dst_size / dst_size).to(x.dtype), incoming)
+    return out, new_size
 
 
 def merge_source(reduction: Reduction, source: Tensor | None, num_tokens: int | None = None) -> Tensor:
