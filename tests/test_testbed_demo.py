@@ -15,7 +15,14 @@ from videotome.evaluation.results import read_runs
 from videotome.testbed import train as train_module
 from videotome.testbed.commands import add_commands
 from videotome.testbed.data import validation_set
-from videotome.testbed.models import ARCHITECTURES, checkpoint_dir, load_checkpoint, read_metadata
+from videotome.testbed.models import (
+    ARCHITECTURES,
+    build_model,
+    checkpoint_dir,
+    load_checkpoint,
+    read_metadata,
+    sinusoid_table,
+)
 
 ROW_KEYS = {"model", "strategy", "r", "schedule", "divided", "verb", "noun", "action", "clips_per_s", "speedup"}
 
@@ -103,6 +110,16 @@ def test_fine_tuning_starts_from_the_init_checkpoint_and_keeps_its_record(tmp_pa
     with pytest.raises(ValueError, match="holds a VivitForVideoClassification, not a VideoMAE"):
         train_module.train(train_module.TrainConfig(**{**small, "arch": "videomae"}, out=str(tmp_path / "x"),
                                                     init=str(tmp_path / "base")))
+
+
+def test_timesformer_starts_with_time_embeddings_that_tell_frames_apart() -> None:
+    """Hugging Face starts them at zero, which leaves temporal attention blind to the order of the frames."""
+    table = sinusoid_table(8, 64)[0]
+    assert torch.equal(table[0, 0::2], torch.zeros(32)) and torch.equal(table[0, 1::2], torch.ones(32))
+    torch.testing.assert_close(table[3, 0], torch.sin(torch.tensor(3.0)))
+    time = build_model("timesformer").timesformer.embeddings.time_embeddings[0]
+    assert torch.equal(time, table)
+    assert torch.cdist(time, time).fill_diagonal_(1.0).min() > 0.1
 
 
 def test_resuming_with_another_configuration_is_refused(tmp_path: Path) -> None:
