@@ -1,6 +1,6 @@
 """RESULTS.md's testbed tables and goal checks, from the ``rows.json`` that ``videotome demo --full`` writes.
 
-    python benchmarks/testbed_results.py demo_full/rows.json > tables.md
+    python benchmarks/testbed_results.py demo_a/rows.json demo_b/rows.json > tables.md
 
 Prints the operating point, the strategy order, merge over r by schedule, the hybrid thresholds and per-frame
 against aligned merging, each as a Markdown table, then the issue's three goals with the numbers that decide them.
@@ -118,9 +118,9 @@ def goal_lines(rows: list[Row], operating: dict[str, dict[str, Row]]) -> list[st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("rows", type=Path, help="rows.json written by videotome demo")
+    parser.add_argument("rows", type=Path, nargs="+", help="rows.json of one or more demos (e.g. one per model group)")
     args = parser.parse_args()
-    rows = [Row(**row) for row in json.loads(args.rows.read_text())["rows"]]
+    rows = [Row(**row) for path in args.rows for row in json.loads(path.read_text())["rows"]]
     print(report(rows))
 
 
