@@ -9,9 +9,6 @@ from videotome.testbed.train import validation_accuracy
 
 #: accuracies each checkpoint is required to reach unmerged (the issue's bar)
 REQUIRED = {"noun": 0.95, "verb": 0.90}
-#: checkpoints known to miss the bar (trained too briefly on a shared CPU; see checkpoints/RECIPES.md). Strict: a
-#: retrained checkpoint that passes turns this into a failure, so the entry is removed with it.
-BELOW_BAR = {"motionformer"}
 #: how far a re-evaluation may drift from the recorded accuracy (other CPUs round differently)
 TOLERANCE = 0.015
 
@@ -49,11 +46,7 @@ def test_checkpoint_reaches_its_recorded_accuracy(arch: str, measured: dict[str,
         assert measured[arch][head] == pytest.approx(recorded[head], abs=TOLERANCE), head
 
 
-@pytest.mark.parametrize(
-    "arch",
-    [pytest.param(a, marks=pytest.mark.xfail(a in BELOW_BAR, reason="under-trained", strict=True))
-     for a in ARCHITECTURES],
-)
+@pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_checkpoint_reaches_the_bar(arch: str, measured: dict[str, dict[str, float]]) -> None:
     for head, required in REQUIRED.items():
         assert measured[arch][head] >= required, f"{arch}: {head} accuracy {measured[arch][head]:.3f} < {required}"
