@@ -147,6 +147,11 @@ def positions(reduction: Reduction, num_tokens: int) -> tuple[Tensor, Tensor, Te
     return a_idx.gather(1, reduction.kept), reduction.b_idx, a_idx.gather(1, reduction.src)
 
 
+def _flat_rows(pos: Tensor, tokens: int) -> Tensor:
+    """Positions (B, K) in sequences of ``tokens`` tokens as row numbers of the flattened batch, (B * K,)."""
+    return (pos + torch.arange(pos.shape[0], device=pos.device).unsqueeze(1) * tokens).flatten()
+
+
 def take(x: Tensor, pos: Tensor) -> Tensor:
     """Rows of x (B, N, C) at sequence positions pos (B, K): (B, K, C).
 
@@ -154,8 +159,8 @@ def take(x: Tensor, pos: Tensor) -> Tensor:
     expanded over the channels, and the reduction's main cost at small sizes.
     """
     batch, tokens, channels = x.shape
-    rows = pos + torch.arange(batch, device=pos.device).unsqueeze(1) * tokens
-    return x.reshape(batch * tokens, channels).index_select(0, rows.flatten()).view(batch, pos.shape[1], channels)
+    rows = _flat_rows(pos, tokens)
+    return x.reshape(batch * tokens, channels).index_select(0, rows).view(batch, pos.shape[1], channels)
 
 
 def _receive(out: Tensor, receiving: Tensor, keep: Tensor | None, incoming: Tensor) -> Tensor:
@@ -165,7 +170,7 @@ def _receive(out: Tensor, receiving: Tensor, keep: Tensor | None, incoming: Tens
     every incoming row is added, in pair order.
     """
     batch, tokens, channels = out.shape
-    rows = (receiving + torch.arange(batch, device=out.device).unsqueeze(1) * tokens).flatten()
+    rows = _flat_rows(receiving, tokens)
     flat = out.view(batch * tokens, channels)
     if keep is not None:
         flat.index_copy_(0, rows, flat.index_select(0, rows) * keep.reshape(-1, 1))
@@ -197,15 +202,14 @@ def merge_wavg(reduction: Reduction, x: Tensor, size: Tensor | None) -> tuple[Te
     x = x.contiguous()
     batch, tokens, _ = x.shape
     work = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-    if size is None:
-        size = torch.ones(batch, tokens, 1, dtype=work, device=x.device)
+    size = torch.ones(batch, tokens, 1, dtype=work, device=x.device) if size is None else size.to(work)
     kept_pos, b_pos, src_pos = positions(reduction, tokens)
     order = torch.cat([kept_pos, b_pos], dim=1)
     receiving = reduction.kept.shape[1] + reduction.dst
-    src_size = take(size.to(work), src_pos)
+    src_size = take(size, src_pos)
     if reduction.weight is not None:
         src_size = src_size * reduction.weight.unsqueeze(-1).to(work)
-    new_size = take(size.to(work), order)
+    new_size = take(size, order)
     old_dst_size = new_size.gather(1, receiving.unsqueeze(-1))
     new_size.scatter_add_(1, receiving.unsqueeze(-1), src_size)
     dst_size = new_size.gather(1, receiving.unsqueeze(-1))
