@@ -38,6 +38,11 @@ def operating_rows(rows: list[Row], model: str) -> dict[str, Row]:
     return found
 
 
+def strategy_ranking(ops: dict[str, Row]) -> tuple[str, ...]:
+    """The paper's four strategies ordered by action accuracy at the operating point, best first."""
+    return tuple(sorted(PAPER_ORDER, key=lambda name: -ops[name].action))
+
+
 def section(title: str, rows: Iterable[Row]) -> str:
     """A Markdown heading and table (empty string when there are no rows)."""
     rows = list(rows)
@@ -52,8 +57,8 @@ def report(rows: list[Row]) -> str:
     parts = [section("Operating point (constant schedule)", at_operating_point)]
     order_lines = []
     for model, ops in operating.items():
-        ranked = sorted(PAPER_ORDER, key=lambda name: -ops[name].action)
-        verdict = "as the paper" if tuple(ranked) == PAPER_ORDER else f"differs from {' > '.join(PAPER_ORDER)}"
+        ranked = strategy_ranking(ops)
+        verdict = "as the paper" if ranked == PAPER_ORDER else f"differs from {' > '.join(PAPER_ORDER)}"
         chain = " > ".join(f"{name} ({100 * ops[name].action:.1f})" for name in ranked)
         order_lines.append(f"- {model}: {chain}: {verdict}")
     parts.append("Action accuracy at the operating point, best first:\n\n" + "\n".join(order_lines) + "\n")
@@ -101,8 +106,7 @@ def goal_lines(rows: list[Row], operating: dict[str, dict[str, Row]]) -> list[st
                     f"  - reaches {JOINT_SPEEDUP_GOAL}x: r={row.r} {row.schedule} {row.speedup:.2f}x, "
                     f"action {100 * (row.action - base.action):+.1f} points"
                 )
-        ranked = sorted(PAPER_ORDER, key=lambda name: -ops[name].action)
-        lines.append(f"- {model} order: {'met' if tuple(ranked) == PAPER_ORDER else 'not met'}")
+        lines.append(f"- {model} order: {'met' if strategy_ranking(ops) == PAPER_ORDER else 'not met'}")
         if model in DIVIDED_ARCHITECTURES:
             aligned = next(
                 row for row in rows

@@ -138,13 +138,14 @@ def bipartite_soft_matching(
     return Reduction(kept, src, dst, weight, a_idx, b_idx)
 
 
-def positions(reduction: Reduction, num_tokens: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Sequence positions (B, K) of the kept A tokens, of every B token, and of the chosen A tokens."""
+def positions(reduction: Reduction, num_tokens: int) -> tuple[Tensor, Tensor]:
+    """Sequence positions of the output's tokens in their new order (the kept A tokens, then every B token),
+    (B, N - r), and of the chosen A tokens, (B, r)."""
     if reduction.a_idx is None:
         b_pos = torch.arange(1, num_tokens, 2, device=reduction.kept.device).expand(reduction.kept.shape[0], -1)
-        return 2 * reduction.kept, b_pos, 2 * reduction.src
+        return torch.cat([2 * reduction.kept, b_pos], dim=1), 2 * reduction.src
     a_idx = reduction.a_idx
-    return a_idx.gather(1, reduction.kept), reduction.b_idx, a_idx.gather(1, reduction.src)
+    return torch.cat([a_idx.gather(1, reduction.kept), reduction.b_idx], dim=1), a_idx.gather(1, reduction.src)
 
 
 def _flat_rows(pos: Tensor, tokens: int) -> Tensor:
@@ -184,12 +185,11 @@ def apply(reduction: Reduction, x: Tensor) -> Tensor:
     Use :func:`merge_wavg` for features; summing is right for quantities that add up (sizes, source maps).
     """
     x = x.contiguous()
-    kept_pos, b_pos, src_pos = positions(reduction, x.shape[1])
+    order, src_pos = positions(reduction, x.shape[1])
     src = take(x, src_pos)
     if reduction.weight is not None:
         src = src * reduction.weight.unsqueeze(-1).to(src.dtype)
-    out = take(x, torch.cat([kept_pos, b_pos], dim=1))
-    return _receive(out, reduction.kept.shape[1] + reduction.dst, None, src)
+    return _receive(take(x, order), reduction.kept.shape[1] + reduction.dst, None, src)
 
 
 def merge_wavg(reduction: Reduction, x: Tensor, size: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -203,8 +203,7 @@ def merge_wavg(reduction: Reduction, x: Tensor, size: Tensor | None) -> tuple[Te
     batch, tokens, _ = x.shape
     work = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
     size = torch.ones(batch, tokens, 1, dtype=work, device=x.device) if size is None else size.to(work)
-    kept_pos, b_pos, src_pos = positions(reduction, tokens)
-    order = torch.cat([kept_pos, b_pos], dim=1)
+    order, src_pos = positions(reduction, tokens)
     receiving = reduction.kept.shape[1] + reduction.dst
     src_size = take(size, src_pos)
     if reduction.weight is not None:
