@@ -34,6 +34,31 @@ OFFICIAL_HEAD_DIM = 64
 EPIC_KITCHENS_HEAD_NAMES = ("verb", "noun")
 
 
+def _cpu_vector_width() -> int:
+    """Floats per SIMD vector of torch's CPU kernels on this machine (AVX-512: 16, AVX2 and SVE-256: 8, else 4)."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    return 16 if capability.startswith("AVX512") else 8 if capability in ("AVX2", "SVE256") else 4
+
+
+# torch's CPU softmax vectorises along the last dimension only when that dimension holds at least one full vector
+CPU_VECTOR_WIDTH = _cpu_vector_width()
+
+
+def softmax_last_dim(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dimension, fast on the CPU also for short dimensions.
+
+    Trajectory attention takes softmaxes over few entries: the 8 frames of a trajectory, and a frame's patches, which
+    token merging brings down to a handful. Below one SIMD vector (16 floats with AVX-512) torch's CPU softmax falls
+    back to a scalar loop, 4-5x slower on this project's machine than max, exp and sum as separate vectorised ops,
+    so those are used there. Elsewhere (longer dimensions, GPUs) this is ``logits.softmax(-1)``.
+    """
+    if logits.device.type != "cpu" or logits.shape[-1] >= CPU_VECTOR_WIDTH:
+        return logits.softmax(dim=-1)
+    work = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    exp = (work - work.amax(dim=-1, keepdim=True)).exp()
+    return (exp / exp.sum(dim=-1, keepdim=True)).to(logits.dtype)
+
+
 @strict
 class MotionformerConfig(PreTrainedConfig):
     r"""
@@ -223,7 +248,7 @@ class MotionformerAttention(nn.Module):
         logits = (query[:, :, :1] * self.scale) @ key.transpose(-2, -1)
         if size_bias is not None:
             logits = logits + size_bias[:, None, None, :].to(logits.dtype)
-        return logits.softmax(dim=-1) @ value
+        return softmax_last_dim(logits) @ value
 
     def spatial_attention(
         self,
@@ -248,7 +273,7 @@ class MotionformerAttention(nn.Module):
         if size_bias is not None:
             frame_bias = size_bias[:, 1:].reshape(batch_size, 1, num_frames, 1, tokens_per_frame)
             logits = logits + frame_bias.to(logits.dtype)
-        weights = self.attn_drop(logits.softmax(dim=-1))
+        weights = self.attn_drop(softmax_last_dim(logits))
         return weights @ value[:, :, 1:].reshape(frame_shape)
 
     def temporal_attention(self, trajectories: torch.Tensor) -> torch.Tensor:
@@ -272,7 +297,7 @@ class MotionformerAttention(nn.Module):
 
         key_weight, value_weight = self.proj_kv.weight.reshape(2, num_heads, head_dim, hidden_size).unbind(0)
         query_on_inputs = torch.einsum("bshd,hdc->bshc", query, key_weight)
-        weights = torch.einsum("bshc,bsfc->bshf", query_on_inputs, trajectories).softmax(dim=-1)
+        weights = softmax_last_dim(torch.einsum("bshc,bsfc->bshf", query_on_inputs, trajectories))
 
         if not self.use_projected_values:
             head_trajectories = trajectories.reshape(batch_size, num_queries, num_frames, num_heads, head_dim)
