@@ -16,7 +16,6 @@ from videotome.models import (
     infer_config_from_official,
     official_to_hf_key,
 )
-from videotome.models.motionformer import CPU_VECTOR_WIDTH, softmax_last_dim
 
 BATCH = 2
 
@@ -266,28 +265,6 @@ def test_size_bias_is_proportional_attention():
     merged_output = attention(merged, num_frames, size_bias)
     duplicated_output = attention(duplicated, num_frames)
     torch.testing.assert_close(merged_output, duplicated_output[:, [0, 1, 3, 5]], rtol=1e-10, atol=1e-10)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_softmax_last_dim_matches_torch_on_short_and_long_dimensions(dtype: torch.dtype):
-    """Short dimensions take the exp-and-sum path on the CPU, long ones torch's kernel; both are the softmax."""
-    torch.manual_seed(0)
-    for size in (1, 2, 5, CPU_VECTOR_WIDTH - 1, CPU_VECTOR_WIDTH, CPU_VECTOR_WIDTH + 3, 40):
-        logits = (20 * torch.randn(3, 7, size)).to(dtype)
-        result = softmax_last_dim(logits)
-        assert result.dtype == dtype and result.shape == logits.shape
-        tolerance = 1e-2 if dtype == torch.bfloat16 else 1e-6
-        torch.testing.assert_close(result, logits.softmax(dim=-1), rtol=tolerance, atol=tolerance)
-
-
-def test_softmax_last_dim_gradient_matches_torch():
-    logits = torch.randn(4, 6, 5, dtype=torch.float64, requires_grad=True)
-    weights = torch.randn(4, 6, 5, dtype=torch.float64)
-    (softmax_last_dim(logits) * weights).sum().backward()
-    ours = logits.grad.clone()
-    logits.grad = None
-    (logits.softmax(dim=-1) * weights).sum().backward()
-    torch.testing.assert_close(ours, logits.grad)
 
 
 # Embeddings

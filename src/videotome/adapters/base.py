@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from transformers.modeling_outputs import ImageClassifierOutput, ModelOutput
 
 from .. import merge
+from ..kernels import softmax_last_dim
 from ..plan import MergePlan, TokenLayout
 
 MERGE_REGION = "videotome.merge"
@@ -49,6 +50,7 @@ def attend(
     log_size: Tensor | None = None,
     implementation: str = "sdpa",
     dropout: float = 0.0,
+    merged_keys: bool = False,
 ) -> Tensor:
     """Multi-head attention (batch, heads, tokens, head dim) with log(size) of every key added to its logits.
 
@@ -56,13 +58,19 @@ def attend(
     s patches would. ``log_size`` is (batch, tokens); None adds nothing. ``implementation`` "eager" computes the
     softmax in float32 as Hugging Face's eager path does; anything else uses ``scaled_dot_product_attention`` with
     the bias as an additive float mask. Returns (batch, tokens, heads * head dim).
+
+    ``merged_keys`` says that merging shortens these keys (a frame's tokens in a divided model): the eager softmax
+    then stays fast when a frame is down to a few tokens (:func:`videotome.kernels.softmax_last_dim`). Attention
+    over keys that merging leaves alone keeps torch's kernel, as the unmerged model has it, so that speedups measure
+    merging and not a kernel.
     """
     bias = None if log_size is None else log_size[:, None, None, :].to(q.dtype)
     if implementation == "eager":
         logits = (q @ k.transpose(-1, -2)) * scale
         if bias is not None:
             logits = logits + bias
-        weights = logits.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
+        weights = softmax_last_dim(logits.float()) if merged_keys else logits.softmax(dim=-1, dtype=torch.float32)
+        weights = weights.to(q.dtype)
         out = F.dropout(weights, p=dropout, training=dropout > 0) @ v
     else:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=scale)

@@ -74,8 +74,12 @@ class TimesformerAdapter(Adapter):
     def run_original(self, layer: nn.Module, x: Tensor) -> Tensor:
         return layer(x)[0]
 
-    def _attention(self, module: nn.Module, h: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
-        """A TimeSformerAttention (self-attention + output projection) with a size bias; returns output and keys."""
+    def _attention(
+        self, module: nn.Module, h: Tensor, bias: Tensor | None, *, merged_keys: bool
+    ) -> tuple[Tensor, Tensor]:
+        """A TimeSformerAttention (self-attention + output projection) with a size bias; returns output and keys.
+
+        ``merged_keys``: the keys are a frame's tokens, which merging shortens (see :func:`attend`)."""
         q, k, v = _qkv(module.attention, h)
         attended = attend(
             q,
@@ -85,6 +89,7 @@ class TimesformerAdapter(Adapter):
             log_size=bias,
             implementation="eager",
             dropout=module.attention.attn_drop.p if module.training else 0.0,
+            merged_keys=merged_keys,
         )
         return module.output(attended), k
 
@@ -103,6 +108,7 @@ class TimesformerAdapter(Adapter):
             layer.temporal_attention,
             layer.temporal_layernorm(patches.reshape(batch * slots, frames, channels)),
             temporal_bias,
+            merged_keys=False,
         )
         temporal = layer.temporal_dense(layer.drop_path(temporal).reshape(batch, slots * frames, channels))
         patches = patches + temporal
@@ -112,7 +118,9 @@ class TimesformerAdapter(Adapter):
         spatial_bias = None
         if frame_bias is not None:
             spatial_bias = torch.cat([frame_bias.new_zeros(batch * frames, 1), frame_bias], dim=1)
-        spatial, keys = self._attention(layer.attention, layer.layernorm_before(spatial_in), spatial_bias)
+        spatial, keys = self._attention(
+            layer.attention, layer.layernorm_before(spatial_in), spatial_bias, merged_keys=True
+        )
         spatial = layer.drop_path(spatial)
         cls = cls + spatial[:, :1].unflatten(0, (batch, frames)).mean(dim=1)
         per_frame = per_frame + spatial[:, 1:]
