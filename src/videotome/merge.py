@@ -126,8 +126,7 @@ def bipartite_soft_matching(
     else:
         scores, partner = best_match(*split(metric, a_idx, b_idx))
     if protect_first:
-        scores = scores.clone()
-        scores[:, 0] = -math.inf
+        scores[:, 0] = -math.inf  # scores is a fresh tensor in every branch above
     kept, src, dst = select(scores, partner, r)
 
     weight = None
@@ -153,29 +152,50 @@ def _flat_rows(pos: Tensor, tokens: int) -> Tensor:
     return (pos + torch.arange(pos.shape[0], device=pos.device).unsqueeze(1) * tokens).flatten()
 
 
+def _select_rows(x: Tensor, rows: Tensor, count: int) -> Tensor:
+    """Rows ``rows`` (flat row numbers, :func:`_flat_rows`) of x (B, N, C), ``count`` per sequence: (B, count, C)."""
+    batch, _, channels = x.shape
+    return x.reshape(-1, channels).index_select(0, rows).view(batch, count, channels)
+
+
 def take(x: Tensor, pos: Tensor) -> Tensor:
     """Rows of x (B, N, C) at sequence positions pos (B, K): (B, K, C).
 
     One ``index_select`` over the flattened batch: on CPU several times faster than ``gather`` with an index
     expanded over the channels, and the reduction's main cost at small sizes.
     """
-    batch, tokens, channels = x.shape
-    rows = _flat_rows(pos, tokens)
-    return x.reshape(batch * tokens, channels).index_select(0, rows).view(batch, pos.shape[1], channels)
+    return _select_rows(x, _flat_rows(pos, x.shape[1]), pos.shape[1])
+
+
+class _Rows(NamedTuple):
+    """A reduction's flat row numbers (:func:`_flat_rows`), computed once and shared by every tensor it reduces:
+    the output's tokens in the input, the chosen A tokens in the input, and their partners in the output; and how
+    many tokens each output sequence holds."""
+
+    order: Tensor
+    src: Tensor
+    receiving: Tensor
+    length: int
+
+
+def _rows(reduction: Reduction, num_tokens: int) -> _Rows:
+    """The flat row numbers of ``reduction`` applied to sequences of ``num_tokens`` tokens."""
+    order, src_pos = positions(reduction, num_tokens)
+    receiving = reduction.kept.shape[1] + reduction.dst
+    length = order.shape[1]
+    return _Rows(_flat_rows(order, num_tokens), _flat_rows(src_pos, num_tokens), _flat_rows(receiving, length), length)
 
 
 def _receive(out: Tensor, receiving: Tensor, keep: Tensor | None, incoming: Tensor) -> Tensor:
-    """Into rows ``receiving`` (B, r) of out (B, N', C): scale by ``keep`` (B, r, 1) if given, then add ``incoming``.
+    """Into flat rows ``receiving`` of out (B, N', C): scale by ``keep`` (B, r, 1) if given, then add ``incoming``.
 
     Several pairs may share a receiving row: the scaled row is written once per pair (the same value each time) and
     every incoming row is added, in pair order.
     """
-    batch, tokens, channels = out.shape
-    rows = _flat_rows(receiving, tokens)
-    flat = out.view(batch * tokens, channels)
+    flat = out.view(-1, out.shape[-1])
     if keep is not None:
-        flat.index_copy_(0, rows, flat.index_select(0, rows) * keep.reshape(-1, 1))
-    flat.index_add_(0, rows, incoming.reshape(-1, channels))
+        flat.index_copy_(0, receiving, flat.index_select(0, receiving) * keep.reshape(-1, 1))
+    flat.index_add_(0, receiving, incoming.reshape(-1, out.shape[-1]))
     return out
 
 
@@ -185,11 +205,11 @@ def apply(reduction: Reduction, x: Tensor) -> Tensor:
     Use :func:`merge_wavg` for features; summing is right for quantities that add up (sizes, source maps).
     """
     x = x.contiguous()
-    order, src_pos = positions(reduction, x.shape[1])
-    src = take(x, src_pos)
+    rows = _rows(reduction, x.shape[1])
+    src = _select_rows(x, rows.src, reduction.r)
     if reduction.weight is not None:
         src = src * reduction.weight.unsqueeze(-1).to(src.dtype)
-    return _receive(take(x, order), reduction.kept.shape[1] + reduction.dst, None, src)
+    return _receive(_select_rows(x, rows.order, rows.length), rows.receiving, None, src)
 
 
 def merge_wavg(reduction: Reduction, x: Tensor, size: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -201,20 +221,26 @@ def merge_wavg(reduction: Reduction, x: Tensor, size: Tensor | None) -> tuple[Te
     """
     x = x.contiguous()
     batch, tokens, _ = x.shape
+    r = reduction.r
     work = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-    size = torch.ones(batch, tokens, 1, dtype=work, device=x.device) if size is None else size.to(work)
-    order, src_pos = positions(reduction, tokens)
-    receiving = reduction.kept.shape[1] + reduction.dst
-    src_size = take(size, src_pos)
+    rows = _rows(reduction, tokens)
+    if size is None:
+        src_size = torch.ones(batch, r, 1, dtype=work, device=x.device)
+        new_size = torch.ones(batch, rows.length, 1, dtype=work, device=x.device)
+    else:
+        size = size.to(work)
+        src_size = _select_rows(size, rows.src, r)
+        new_size = _select_rows(size, rows.order, rows.length)
     if reduction.weight is not None:
         src_size = src_size * reduction.weight.unsqueeze(-1).to(work)
-    new_size = take(size, order)
-    old_dst_size = new_size.gather(1, receiving.unsqueeze(-1))
-    new_size.scatter_add_(1, receiving.unsqueeze(-1), src_size)
-    dst_size = new_size.gather(1, receiving.unsqueeze(-1))
+    flat_size = new_size.view(-1, 1)
+    old_dst_size = flat_size.index_select(0, rows.receiving)
+    flat_size.index_add_(0, rows.receiving, src_size.view(-1, 1))
+    dst_size = flat_size.index_select(0, rows.receiving).view(batch, r, 1)
 
-    incoming = take(x, src_pos) * (src_size / dst_size).to(x.dtype)
-    out = _receive(take(x, order), receiving, (old_dst_size / dst_size).to(x.dtype), incoming)
+    incoming = _select_rows(x, rows.src, r) * (src_size / dst_size).to(x.dtype)
+    keep = (old_dst_size.view(batch, r, 1) / dst_size).to(x.dtype)
+    out = _receive(_select_rows(x, rows.order, rows.length), rows.receiving, keep, incoming)
     return out, new_size
 
 
