@@ -4,7 +4,7 @@
 
 For each packaged testbed model and batch size, :func:`videotome.bench.run_bench` times the unmerged and the merged
 model (merge, constant schedule, the demo's operating point) interleaved in this process, and counts both models'
-FLOPs. Prints one Markdown row per model and batch, then each model's best-batch speedup: the highest merged
+FLOPs. Prints a Markdown table with one row per model and batch, then each model's best-batch speedup: the highest merged
 throughput over the highest unmerged throughput, whatever batch each reaches it at. On a CPU the two can differ a
 lot: the unmerged model's activations outgrow the caches at a smaller batch than the merged model's do, which
 inflates the speedup at large batches. Each result is appended to ``--jsonl`` as soon as it is measured.
@@ -17,14 +17,20 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from tqdm import tqdm
+
 from videotome.bench import BenchResult, run_bench
+from videotome.evaluation.report import to_markdown
 from videotome.testbed.demo import operating_r
 from videotome.testbed.models import ARCHITECTURES, checkpoint_dir, load_checkpoint
 
 
-def row(arch: str, result: BenchResult) -> str:
-    """One Markdown row: the batch, both throughputs, the speedup against the FLOP ratio, the merge step's share."""
-    cells = [
+HEADER = ["model", "batch", "clips/s unmerged -> merged", "speedup", "FLOP ratio", "speedup / FLOP ratio", "merge step"]
+
+
+def row(arch: str, result: BenchResult) -> list[str]:
+    """One table row: the batch, both throughputs, the speedup against the FLOP ratio, the merge step's share."""
+    return [
         arch,
         str(result.batch_size),
         f"{result.baseline_clips_per_s:.0f} -> {result.merged_clips_per_s:.0f}",
@@ -33,7 +39,6 @@ def row(arch: str, result: BenchResult) -> str:
         f"{result.speedup / result.flops_ratio:.2f}",
         f"{100 * result.merge_time_fraction:.0f}%",
     ]
-    return "| " + " | ".join(cells) + " |"
 
 
 def best_batch_speedup(results: list[BenchResult]) -> str:
@@ -58,21 +63,22 @@ def main() -> None:
     if bad:
         parser.error(f"--batches must be positive, got {bad}")
 
-    print("| model | batch | clips/s unmerged -> merged | speedup | FLOP ratio | speedup / FLOP ratio | merge step |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    best = {}
+    body, best = [], {}
+    progress = tqdm(total=len(args.models) * len(args.batches), desc="testbed batches", unit="run")
     for arch in args.models:
         r = operating_r(load_checkpoint(arch), arch)
         results = []
         for batch in args.batches:
             result = run_bench(str(checkpoint_dir(arch)), r, batch_size=batch, repeats=args.repeats, progress=False)
             results.append(result)
-            print(row(arch, result), flush=True)
+            body.append(row(arch, result))
             if args.jsonl is not None:
                 with args.jsonl.open("a") as out:
                     out.write(json.dumps({"arch": arch, **asdict(result)}) + "\n")
+            progress.update()
         best[arch] = best_batch_speedup(results)
-    print()
+    progress.close()
+    print(to_markdown(HEADER, body))
     for arch, line in best.items():
         print(f"- {arch}: best-batch speedup {line}")
 
