@@ -4,10 +4,10 @@
 
 For each packaged testbed model and batch size, :func:`videotome.bench.run_bench` times the unmerged and the merged
 model (merge, constant schedule, the demo's operating point) interleaved in this process, and counts both models'
-FLOPs. Prints a Markdown table with one row per model and batch, then each model's best-batch speedup: the highest merged
-throughput over the highest unmerged throughput, whatever batch each reaches it at. On a CPU the two can differ a
-lot: the unmerged model's activations outgrow the caches at a smaller batch than the merged model's do, which
-inflates the speedup at large batches. Each result is appended to ``--jsonl`` as soon as it is measured.
+FLOPs. Prints a Markdown table with one row per model and batch, then each model's best-batch speedup: the highest
+merged throughput over the highest unmerged throughput, whatever batch each reaches it at. On a CPU the two can
+differ a lot: the unmerged model's activations outgrow the caches at a smaller batch than the merged model's do,
+which inflates the speedup at large batches. Each result is appended to ``--jsonl`` as soon as it is measured.
 """
 
 from __future__ import annotations
