@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..cli import add_threads_option, apply_threads
 from .models import ARCHITECTURES, CHECKPOINTS
 
 
@@ -26,7 +25,6 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--eval-clips", type=int, default=512, help="validation clips scored at the end")
     train.add_argument("--save-every", type=int, default=50, help="steps between resumable states")
     train.add_argument("--pool", type=int, default=0, help="clips generated once and reused (0: fresh every step)")
-    add_threads_option(train)
     train.add_argument("--init", default=None, help="start from this checkpoint's weights (fine-tuning)")
     train.set_defaults(func=_train)
 
@@ -48,7 +46,6 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--timing-clips", type=int, default=128, help="batch size of the interleaved timing")
     demo.add_argument("--repeats", type=int, default=3, help="timed rounds per setting (median)")
     demo.add_argument("--checkpoints", default=str(CHECKPOINTS), help="directory with one checkpoint per model")
-    add_threads_option(demo)
     demo.add_argument("--json", action="store_true", help="print the table as one JSON object")
     demo.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
     demo.set_defaults(func=_demo)
@@ -76,7 +73,6 @@ def _generate(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import markdown_table, run_demo, table_json
 
-    apply_threads(args)
     limit = args.limit or (1024 if args.full else 512)
     rows = run_demo(
         args.models,

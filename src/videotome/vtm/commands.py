@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 
-from videotome.cli import add_threads_option, apply_threads
 from videotome.vtm.model import ATTENTION_KERNELS, AUX_WEIGHTS, VTMConfig
 from videotome.vtm.partition import PARTITIONS
 
@@ -71,7 +70,6 @@ def add_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--synthetic-videos", type=int, default=1024, help="synthetic training videos")
     parser.add_argument("--synthetic-eval-videos", type=int, default=512, help="synthetic val / test videos")
     add_model_options(parser)
-    add_threads_option(parser)
     parser.set_defaults(func=run_train)
 
 
@@ -83,7 +81,6 @@ def add_eval(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--root", help="override the checkpoint's CSV directory")
     parser.add_argument("--features", help="override the checkpoint's feature directory")
     parser.add_argument("--eval-stride", type=int, help="override the LVU sliding-window stride")
-    add_threads_option(parser)
     parser.set_defaults(func=run_eval)
 
 
@@ -101,7 +98,6 @@ def add_bench(commands: argparse._SubParsersAction) -> None:
                         help="fused kernels, or the explicit attention matrix (math)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    add_threads_option(parser)
     parser.set_defaults(func=run_bench)
 
 
@@ -116,7 +112,6 @@ def add_extract(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="frames per backbone call")
     parser.add_argument("--max-frames", type=int, help="stop after this many frames per video")
     parser.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="stored token type")
-    add_threads_option(parser)
     parser.set_defaults(func=run_extract)
 
 
@@ -147,7 +142,6 @@ def run_train(args: argparse.Namespace) -> int:
     """Train and print the last evaluation as JSON."""
     from videotome.vtm.train import TrainConfig, train
 
-    apply_threads(args)
     config = TrainConfig(
         dataset=args.dataset, out=args.out, root=args.root, features=args.features, task=args.task,
         frames=args.frames, epochs=args.epochs, warmup_epochs=args.warmup_epochs, batch_size=args.batch_size,
@@ -167,7 +161,6 @@ def run_eval(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint and print the metric as JSON."""
     from videotome.vtm.train import evaluate, load_model
 
-    apply_threads(args)
     model, config = load_model(args.checkpoint)
     config.root = args.root or config.root
     config.features = args.features or config.features
@@ -180,7 +173,6 @@ def run_bench(args: argparse.Namespace) -> int:
     """Benchmark and print one line (or JSON object) per gamma."""
     from videotome.vtm.bench import benchmark
 
-    apply_threads(args)
     results = benchmark(
         args.partition, tuple(args.gamma), batch_size=args.batch_size, repeats=args.repeats, warmup=args.warmup,
         shape=tuple(args.shape), windows=tuple(args.windows), attention=args.attention, device=args.device,
@@ -202,7 +194,6 @@ def run_extract(args: argparse.Namespace) -> int:
     """Extract features; exit code 1 when some video failed (listed in OUT/failed.tsv)."""
     from videotome.vtm.features import FAILED_LIST, extract_directory
 
-    apply_threads(args)
     written, skipped, failed = extract_directory(
         args.backbone, args.videos, args.out, fps=args.fps, image_size=args.image_size,
         batch_size=args.batch_size, max_frames=args.max_frames, dtype=getattr(torch, args.dtype),
