@@ -5,11 +5,11 @@ import json
 import pytest
 from conftest import tiny_model
 
-from videotome.bench import load_model
+from videotome.bench import bench_model
 from videotome.cli import main
 
 KEYS = {
-    "model", "r", "schedule", "strategy", "batch_size", "baseline_clips_per_s", "merged_clips_per_s", "speedup",
+    "model", "merge", "batch_size", "baseline_clips_per_s", "merged_clips_per_s", "speedup",
     "flops_ratio", "baseline_gflops", "merged_gflops", "merge_time_fraction", "tokens_per_layer",
 }
 
@@ -28,4 +28,4 @@ def test_bench_json_on_a_local_checkpoint(tmp_path, capsys, family):
 
 def test_bench_refuses_an_unknown_model():
     with pytest.raises(ValueError, match="'no-such-model' is neither a built-in name"):
-        load_model("no-such-model")
+        bench_model("no-such-model")

@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from videotome.evaluation import commands
+from videotome.evaluation.report import collect_rows, table
 from videotome.evaluation.datasets import AnnotationError, check_labels, load_samples, parse_timestamp
 from videotome.evaluation.harness import parse_heads
-from videotome.plan import parse_r
+from videotome.plan import MergeSettings, read_r
 from videotome.evaluation.results import ResultsError, ResultsWriter, compute_metrics, read_runs, run_id
 from videotome.evaluation.video import (
     IMAGENET_MEAN,
@@ -151,18 +152,20 @@ def test_epic_action_needs_verb_and_noun_right() -> None:
 
 
 def test_parsing_of_r_and_heads() -> None:
-    assert parse_r("8") == 8 and isinstance(parse_r("8"), int) and parse_r("0.25") == 0.25
-    with pytest.raises(ValueError, match="fraction in"):
-        parse_r("1.5")
+    assert read_r("8") == 8 and isinstance(read_r("8"), int) and read_r("0.25") == 0.25
+    for text in ("1.5", "1.0", "-2"):  # the command line refuses what the API refuses
+        with pytest.raises(ValueError, match=f"r={text}"):
+            read_r(text)
+        with pytest.raises(ValueError, match=f"r={text}"):
+            MergeSettings(r=float(text) if "." in text else int(text))
     assert parse_heads("verb:97,noun:300") == {"verb": 97, "noun": 300}
     with pytest.raises(ValueError, match="NAME:SIZE"):
         parse_heads("verb=97")
 
 
-def _header(**settings: object) -> dict:
+def _header(merge: dict | None = None, **settings: object) -> dict:
     settings = {"model": "/ckpt/tiny", "model_type": "videomae", "dataset": "csv", "annotations": "/data/val.txt",
-                "r": 0, "strategy": "none", "schedule": "none", "threshold": None, "prop_attn": None, "divided": None,
-                **settings}
+                "merge": MergeSettings(**(merge or {})).to_dict(), **settings}
     return {"type": "header", "run": run_id(settings), "settings": settings}
 
 
@@ -184,8 +187,8 @@ def test_results_file_refuses_overwrites_and_drops_a_torn_line(tmp_path: Path) -
         writer.write([{"type": "clip", "run": header["run"], "id": "a", "labels": {}, "error": None, "top5": None}])
     with pytest.raises(ResultsError, match="already holds results; pass --resume"):
         ResultsWriter(path, header, resume=False)
-    with pytest.raises(ResultsError, match=r"different settings: r: 0 \(in the file\) != 4 \(now\)"):
-        ResultsWriter(path, _header(r=4), resume=True)
+    with pytest.raises(ResultsError, match=r"different settings: merge: .*'r': 0.* \(in the file\) != .*'r': 4"):
+        ResultsWriter(path, _header({"r": 4}), resume=True)
     path.write_text(path.read_text() + '{"type": "clip", "id": "b", "ru')
     with ResultsWriter(path, header, resume=True) as writer:
         assert set(writer.done) == {"a"}
@@ -200,9 +203,9 @@ def test_report_table_and_plots(tmp_path: Path) -> None:
     path = tmp_path / "runs.jsonl"
     labels = [0, 1, 2, 3]
     _write_run(path, _header(), [0, 1, 2, 3], labels, 10.0)
-    _write_run(path, _header(r=4, strategy="merge", schedule="constant"), [0, 1, 2, 4], labels, 15.0)
-    _write_run(path, _header(r=8, strategy="merge", schedule="constant"), [0, 1, 4, 4], labels, 20.0)
-    _write_run(path, _header(r=8, strategy="drop", schedule="constant"), [0, 4, 4, 4], labels, 21.0)
+    _write_run(path, _header({"r": 4}), [0, 1, 2, 4], labels, 15.0)
+    _write_run(path, _header({"r": 8}), [0, 1, 4, 4], labels, 20.0)
+    _write_run(path, _header({"r": 8, "strategy": "drop"}), [0, 4, 4, 4], labels, 21.0)
     epic = _header(model="/ckpt/tiny-epic", dataset="epic100", heads="verb:97,noun:300")
     with ResultsWriter(path, epic, resume=True, new_runs=True) as writer:
         writer.write({**_clip([1], [5], labels), "run": epic["run"], "id": str(labels)} for labels in ((1, 5), (1, 6)))
@@ -230,27 +233,84 @@ def test_report_table_and_plots(tmp_path: Path) -> None:
         assert image.shape[0] > 200 and image.shape[1] > 400 and image.std() > 0
 
 
-def test_sweep_grid_from_toml_and_flags(tmp_path: Path) -> None:
-    (tmp_path / "grid.toml").write_text(
-        'models = ["/ckpt/a", "/ckpt/b"]\nr = [0, 4, 0.5]\nstrategies = ["merge", "drop"]\nout = "runs.jsonl"\n'
-        "batch_size = 2\n[[datasets]]\ndataset = \"k400\"\nroot = \"/k400\"\nannotations = \"/k400/val.csv\"\n"
-    )
+def test_report_takes_the_last_run_of_a_setting_whole(tmp_path: Path) -> None:
+    """Two runs of one setting (say, an earlier attempt in another file): the later one gives accuracy and speed."""
+    labels = [0, 1, 2, 3]
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    _write_run(first, _header(), [0, 1, 2, 3], labels, 10.0)
+    _write_run(first, _header({"r": 4}), [0, 0, 0, 0], labels, 10.0)
+    _write_run(second, _header({"r": 4}, batch_size=2), [0, 1, 2, 2], labels, 30.0)  # same setting, new run
+    [baseline, merged] = collect_rows([first, second])
+    assert merged.accuracy["csv:val"]["class_top1"] == 0.75 and merged.fps == 30.0 and merged.speedup == 3.0
+    assert baseline.speedup == 1.0
+
+
+def test_report_reads_verb_and_noun_heads_of_any_dataset(tmp_path: Path) -> None:
+    """The demo's results (dataset "testbed", verb and noun heads) get verb, noun and action columns."""
+    path = tmp_path / "demo.jsonl"
+    header = _header(dataset="testbed", model="testbed-vivit")
+    with ResultsWriter(path, header, resume=False) as writer:
+        writer.write({**_clip([1], [5], labels), "run": header["run"], "id": str(labels)} for labels in ((1, 5), (1, 6)))
+    header_row, [cells] = table(collect_rows([path]))
+    row = dict(zip(header_row, cells))
+    assert (row["testbed verb"], row["testbed noun"], row["testbed action"]) == ("100.00", "50.00", "50.00")
+
+
+def _sweep_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser()
     commands.add_commands(parser.add_subparsers(dest="command"))
-    flags = ["--models", "/ckpt/c", "--workers", "1"]
-    args = parser.parse_args(["sweep", "--config", str(tmp_path / "grid.toml"), *flags])
-    runs, out = commands.load_sweep(args)
+    return parser
+
+
+def test_sweep_grid_from_toml_and_flags(tmp_path: Path) -> None:
+    for folder in ("a", "b", "c", "k400"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "val.csv").write_text("")
+    (tmp_path / "grid.toml").write_text(
+        f'models = ["{tmp_path}/a", "{tmp_path}/b"]\nr = [0, 4, 0.5]\nstrategy = ["merge", "drop"]\n'
+        f'out = "runs.jsonl"\nbatch_size = 2\n[[datasets]]\ndataset = "k400"\nroot = "{tmp_path}/k400"\n'
+        f'annotations = "{tmp_path}/val.csv"\n'
+    )
+    parser = _sweep_parser()
+    flags = ["--models", str(tmp_path / "c"), "--workers", "1"]
+    runs, out = commands.sweep_runs(parser.parse_args(["sweep", "--config", str(tmp_path / "grid.toml"), *flags]))
     assert out == "runs.jsonl"
     expected = [(0, "merge"), (4, "merge"), (4, "drop"), (0.5, "merge"), (0.5, "drop")]
-    assert [(run["r"], run["strategy"]) for run in runs] == expected
-    assert all(run["model"] == "/ckpt/c" and run["batch_size"] == 2 and run["workers"] == 1 for run in runs)
-    assert runs[0]["dataset"] == "k400" and runs[0]["annotations"] == "/k400/val.csv"
-    (tmp_path / "typo.toml").write_text('models = ["/ckpt/a"]\nbatch-size = 4\nbatchsize = 4\n')
-    with pytest.raises(ValueError, match=r"typo.toml: unknown keys \['batchsize'\]"):
-        commands.load_sweep(parser.parse_args(["sweep", "--config", str(tmp_path / "typo.toml")]))
+    assert [(run.merge.r, run.merge.strategy) for run in runs] == expected
+    assert all(run.model == str(tmp_path / "c") and run.batch_size == 2 and run.workers == 1 for run in runs)
+    assert runs[0].dataset == "k400" and runs[0].annotations == str(tmp_path / "val.csv")
+
+    (tmp_path / "single.toml").write_text(  # a single value is an axis of one, not ignored
+        f'models = ["{tmp_path}/a"]\nr = 4\nstrategy = "drop"\nschedule = "decreasing"\nout = "x.jsonl"\n'
+        f'dataset = "csv"\nroot = "{tmp_path}"\nannotations = "{tmp_path}/val.csv"\n'
+    )
+    [run], _ = commands.sweep_runs(parser.parse_args(["sweep", "--config", str(tmp_path / "single.toml")]))
+    assert run.merge == MergeSettings(4, strategy="drop", schedule="decreasing")
+    args = parser.parse_args(["sweep", "--config", str(tmp_path / "single.toml"), "--strategy", "merge", "hybrid",
+                              "--threshold", "0.5"])
+    runs, _ = commands.sweep_runs(args)  # the threshold goes to the hybrid runs only
+    assert [(run.merge.strategy, run.merge.threshold) for run in runs] == [("merge", None), ("hybrid", 0.5)]
+
+    (tmp_path / "typo.toml").write_text('models = ["/ckpt/a"]\nbatch-size = 4\nbatchsize = 4\nstrategies = []\n')
+    with pytest.raises(ValueError, match=r"typo.toml: unknown keys \['batchsize', 'strategies'\]"):
+        commands.sweep_runs(parser.parse_args(["sweep", "--config", str(tmp_path / "typo.toml")]))
     args = parser.parse_args(["sweep", "--models", "/ckpt/a", "--out", "x.jsonl"])
     with pytest.raises(ValueError, match=r"sweep needs \['annotations', 'dataset', 'root'\]"):
-        commands.load_sweep(args)
+        commands.sweep_runs(args)
+
+
+def test_sweep_checks_every_run_before_the_first(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from videotome.cli import main
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "val.csv").write_text("")
+    base = ["sweep", "--models", str(tmp_path / "m"), "--dataset", "csv", "--root", str(tmp_path),
+            "--annotations", str(tmp_path / "val.csv"), "--out", str(tmp_path / "runs.jsonl")]
+    assert main([*base, "--r", "0", "4", "--strategy", "merge", "hybrid"]) == 2
+    assert "needs threshold" in capsys.readouterr().err
+    assert main([*base[:2], str(tmp_path / "m"), str(tmp_path / "missing"), *base[3:]]) == 2
+    assert "missing" in capsys.readouterr().err
+    assert not (tmp_path / "runs.jsonl").exists()
 
 
 def test_python_dash_m_videotome_runs_the_cli() -> None:

@@ -299,7 +299,7 @@ def test_patching_twice_replaces_the_plan():
     videotome.patch(model, 4)
     videotome.patch(model, 0.1, schedule="increasing", strategy="hybrid", threshold=0.8)
     plan = videotome.plan(model)
-    assert plan.strategy == "hybrid" and plan.schedule == "increasing" and plan.r == (0, 3, 6)
+    assert plan.settings.strategy == "hybrid" and plan.settings.schedule == "increasing" and plan.r == (0, 3, 6)
 
 
 def test_defaults_per_family():

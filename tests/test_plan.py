@@ -2,7 +2,7 @@
 
 import pytest
 
-from videotome.plan import TokenLayout, build_plan, schedule_r
+from videotome.plan import MergeSettings, TokenLayout, build_plan, schedule_r
 
 VIDEOMAE_BASE = TokenLayout(groups=1, tokens_per_group=1568)
 
@@ -25,13 +25,13 @@ def test_explicit_schedule():
 
 
 def test_fraction_of_initial_tokens():
-    assert build_plan(0.096, 12, VIDEOMAE_BASE).r == (150,) * 12
+    assert build_plan(MergeSettings(0.096), 12, VIDEOMAE_BASE).r == (150,) * 12
     vivit = TokenLayout(groups=1, tokens_per_group=3137, protected=1)
-    assert build_plan(0.0957, 12, vivit).r[0] == 300
+    assert build_plan(MergeSettings(0.0957), 12, vivit).r[0] == 300
 
 
 def test_steps_clamp_and_count_tokens():
-    steps = build_plan(18, 12, TokenLayout(groups=8, tokens_per_group=196, shared=1)).steps()
+    steps = build_plan(MergeSettings(18), 12, TokenLayout(groups=8, tokens_per_group=196, shared=1)).steps()
     assert steps[0].tokens_in == 1 + 8 * 196 and steps[0].tokens_out == 1 + 8 * 178
     assert [s.effective_r for s in steps] == [18] * 9 + [17, 8, 4]
     assert steps[-1].tokens_out == 1 + 8 * 5
@@ -57,11 +57,10 @@ def test_steps_clamp_and_count_tokens():
     ],
 )
 def test_bad_options_name_the_value(kwargs, message):
-    r = kwargs.pop("r")
     with pytest.raises(ValueError, match=message):
-        build_plan(r, 12, VIDEOMAE_BASE, **kwargs)
+        build_plan(MergeSettings(**kwargs), 12, VIDEOMAE_BASE)
 
 
 def test_plan_prints_a_table():
-    text = str(build_plan(150, 12, VIDEOMAE_BASE))
+    text = str(build_plan(MergeSettings(150), 12, VIDEOMAE_BASE))
     assert "requested_r" in text and "1568" in text and len(text.splitlines()) == 14

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import torch
 
 from videotome.evaluation.results import read_runs
 from videotome.testbed import train as train_module
-from videotome.testbed.commands import add_commands
+from videotome.cli import main
 from videotome.testbed.data import validation_set
 from videotome.testbed.models import (
     ARCHITECTURES,
@@ -28,10 +27,7 @@ ROW_KEYS = {"model", "strategy", "r", "schedule", "divided", "verb", "noun", "ac
 
 
 def run(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="videotome")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return main(argv)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -131,13 +127,14 @@ def test_resuming_with_another_configuration_is_refused(tmp_path: Path) -> None:
         train_module.train(train_module.TrainConfig(arch="videomae", out=str(tmp_path), steps=2, batch_size=8))
 
 
-def test_bad_arguments_are_named() -> None:
+def test_bad_arguments_are_named(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(ValueError, match="unknown architecture 'resnet'"):
         train_module.TrainConfig(arch="resnet", out="x")
     with pytest.raises(ValueError, match="steps must be at least 1"):
         train_module.TrainConfig(arch="vivit", out="x", steps=0)
     with pytest.raises(ValueError, match="threads must be at least 1 .* got 0"):
         train_module.TrainConfig(arch="vivit", out="x", threads=0)
-    with pytest.raises(ValueError, match="--threads 0 must be at least 1"):
+    with pytest.raises(SystemExit):
         run(["demo", "--threads", "0", "--limit", "1"])
+    assert "argument --threads: expected an integer >= 1, got '0'" in capsys.readouterr().err
     assert set(ARCHITECTURES) == {"videomae", "vivit", "timesformer", "motionformer"}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -18,10 +18,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from . import patch, plan
-from .adapters.base import MERGE_REGION
 from .loading import load_local_model
-from .measure import peak_memory_mb, seconds_in_region, time_interleaved
-from .plan import parse_r
+from .measure import peak_memory_mb, resolve_device, seconds_in_region, time_interleaved
+from .merge import PROFILER_REGION
+from .options import add_options, from_args
+from .plan import MergeSettings
 
 #: frames of a clip for an image model, which sees them as a batch
 IMAGE_FRAMES_PER_CLIP = 8
@@ -55,7 +56,7 @@ def _builtin_models() -> dict[str, Callable[[], nn.Module]]:
 BUILTIN_MODELS = ("videomae-base", "vivit-base", "timesformer-base", "motionformer-base", "dinov2-small")
 
 
-def load_model(name_or_path: str) -> nn.Module:
+def bench_model(name_or_path: str) -> nn.Module:
     """A built-in base model with random weights, or a model from a local Hugging Face directory."""
     builders = _builtin_models()
     if name_or_path in builders:
@@ -92,13 +93,30 @@ def count_flops(model: nn.Module, pixel_values: torch.Tensor) -> float:
 
 
 @dataclass
+class BenchConfig:
+    """One benchmark: a model, the reduction to compare with it unmerged, and how to time them."""
+
+    model: str = field(metadata={"help": f"one of {', '.join(BUILTIN_MODELS)}, or a local checkpoint directory"})
+    merge: MergeSettings = field(default_factory=MergeSettings, metadata={"help": "token reduction (videotome.patch)"})
+    batch_size: int = field(default=1, metadata={"help": "clips per forward pass"})
+    repeats: int = field(default=5, metadata={"help": "timed rounds (median)"})
+    warmup: int = field(default=1, metadata={"help": "untimed rounds first"})
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda or cuda:N (default: cuda when available)"})
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "repeats"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
+        if self.warmup < 0:
+            raise ValueError(f"warmup={self.warmup} must be at least 0")
+
+
+@dataclass
 class BenchResult:
     """One benchmark's figures; ``--json`` prints exactly these keys."""
 
     model: str
-    r: float
-    schedule: str
-    strategy: str
+    merge: dict
     batch_size: int
     baseline_clips_per_s: float
     merged_clips_per_s: float
@@ -113,24 +131,12 @@ class BenchResult:
     device: str
 
 
-def run_bench(
-    name_or_path: str,
-    r: float,
-    *,
-    schedule: str = "constant",
-    strategy: str = "merge",
-    threshold: float | None = None,
-    divided: str = "per_frame",
-    batch_size: int = 1,
-    repeats: int = 5,
-    warmup: int = 1,
-    device: str = "cpu",
-    progress: bool = True,
-) -> BenchResult:
-    """Benchmark the unmerged model against the same model merged with the given settings."""
-    stages = tqdm(total=5, desc=f"bench {name_or_path}", disable=not progress)
-    model = load_model(name_or_path).to(device)
-    pixel_values, clips = example_input(model, batch_size)
+def run_bench(config: BenchConfig, *, progress: bool = True) -> BenchResult:
+    """Benchmark the unmerged model against the same model merged as ``config.merge`` says."""
+    device = resolve_device(config.device)
+    stages = tqdm(total=5, desc=f"bench {config.model}", disable=not progress)
+    model = bench_model(config.model).to(device)
+    pixel_values, clips = example_input(model, config.batch_size)
     pixel_values = pixel_values.to(device)
     stages.update()
 
@@ -141,7 +147,7 @@ def run_bench(
         return model(pixel_values=pixel_values)
 
     baseline_flops = count_flops(model, pixel_values)
-    patch(model, r, schedule=schedule, strategy=strategy, threshold=threshold, divided=divided, seed=0)
+    patch(model, config.merge)
     merged_flops = count_flops(model, pixel_values)
     stages.update()
     with torch.inference_mode():
@@ -149,19 +155,21 @@ def run_bench(
         merged_peak = peak_memory_mb(merged, device)
         stages.update()
         baseline_s, merged_s = time_interleaved(
-            [baseline, merged], warmup=warmup, repeats=repeats, device=device, desc="timing" if progress else None
+            [baseline, merged],
+            warmup=config.warmup,
+            repeats=config.repeats,
+            device=device,
+            desc="timing" if progress else None,
         )
         stages.update()
-        inside, total = seconds_in_region(merged, MERGE_REGION) if device == "cpu" else (0.0, 1.0)
+        inside, total = seconds_in_region(merged, PROFILER_REGION) if device.type == "cpu" else (0.0, 1.0)
         stages.update()
     stages.close()
     steps = plan(model).steps()
     return BenchResult(
-        model=name_or_path,
-        r=r,
-        schedule=schedule,
-        strategy=strategy,
-        batch_size=batch_size,
+        model=config.model,
+        merge=config.merge.to_dict(),
+        batch_size=config.batch_size,
         baseline_clips_per_s=clips / baseline_s,
         merged_clips_per_s=clips / merged_s,
         speedup=baseline_s / merged_s,
@@ -172,44 +180,24 @@ def run_bench(
         tokens_per_layer=[steps[0].tokens_in] + [s.tokens_out for s in steps],
         baseline_peak_mb=baseline_peak,
         merged_peak_mb=merged_peak,
-        device=device,
+        device=str(device),
     )
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add ``videotome bench``."""
     parser = subparsers.add_parser("bench", help="time a model unmerged and merged in the same process")
-    parser.add_argument("--model", required=True, help=f"one of {', '.join(BUILTIN_MODELS)}, or a local directory")
-    parser.add_argument("--r", type=parse_r, required=True, help="tokens per layer (int) or a fraction in (0, 1)")
-    parser.add_argument("--schedule", default="constant", choices=("constant", "increasing", "decreasing"))
-    parser.add_argument("--strategy", default="merge")
-    parser.add_argument("--threshold", type=float, default=None, help="cosine threshold of the hybrid strategy")
-    parser.add_argument("--divided", default="per_frame", choices=("per_frame", "aligned"))
-    parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_options(parser, BenchConfig)
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
     parser.set_defaults(func=_bench_command)
 
 
 def _bench_command(args: argparse.Namespace) -> int:
-    result = run_bench(
-        args.model,
-        args.r,
-        schedule=args.schedule,
-        strategy=args.strategy,
-        threshold=args.threshold,
-        divided=args.divided,
-        batch_size=args.batch_size,
-        repeats=args.repeats,
-        warmup=args.warmup,
-        device=args.device,
-    )
+    result = asdict(run_bench(from_args(BenchConfig, args)))
     if args.json:
-        print(json.dumps(asdict(result)))
+        print(json.dumps(result))
         return 0
-    for key, value in asdict(result).items():
+    for key, value in result.items():
         shown = f"{value:.3f}" if isinstance(value, float) else value
         print(f"{key:>22}: {shown}")
     return 0

@@ -15,6 +15,27 @@ from torch.profiler import ProfilerActivity, profile
 from tqdm import tqdm
 
 
+def resolve_device(name: str | None) -> torch.device:
+    """The device a command runs on: ``name`` ("cpu", "cuda", "cuda:N"), or CUDA when available and None.
+
+    A device this machine lacks is refused here, before any work, naming it.
+    """
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device; expected cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name!r}: this torch build or machine has no CUDA device; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name!r}: only {torch.cuda.device_count()} CUDA devices are visible")
+    elif device.type != "cpu":
+        raise ValueError(f"--device {name!r} is not supported; expected cpu, cuda or cuda:N")
+    return device
+
+
 def synchronize(device: torch.device | str) -> None:
     """Wait for queued work on an accelerator, so wall-clock time covers it."""
     device = torch.device(device)

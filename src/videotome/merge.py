@@ -34,6 +34,8 @@ import torch
 from torch import Tensor
 
 STRATEGIES = ("merge", "drop", "random_drop", "random_merge", "hybrid")
+#: the profiler region (``torch.profiler.record_function``) around every reduction step, for timing its share
+PROFILER_REGION = "videotome.merge"
 
 
 class Reduction(NamedTuple):

@@ -12,7 +12,6 @@ maps passed from block to block as values, never stored on modules.
 from __future__ import annotations
 
 import types
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from torch import Tensor, nn
@@ -20,7 +19,7 @@ from transformers.modeling_outputs import ModelOutput
 
 from .adapters import ADAPTERS, find_adapter
 from .adapters.base import Adapter, LayerCall, TokenState
-from .plan import MergePlan, build_plan
+from .plan import MergePlan, MergeSettings, build_plan, merge_settings
 
 _ATTRIBUTE = "_videotome"
 
@@ -36,48 +35,42 @@ class Patch:
 
 def patch(
     model: nn.Module,
-    r: int | float,
+    settings: MergeSettings | int | float | None = None,
+    /,
     *,
-    schedule: str | Sequence[int] = "constant",
-    strategy: str = "merge",
-    threshold: float | None = None,
-    prop_attn: bool | None = None,
-    divided: str = "per_frame",
     trace_source: bool = False,
-    seed: int | None = None,
+    **options: object,
 ) -> nn.Module:
-    """Make ``model`` merge tokens in every layer; returns the same model, patched in place.
+    """Make ``model`` reduce tokens in every layer; returns the same model, patched in place.
 
-    Args:
-        r: tokens removed per layer (per frame for divided space-time models): an int, or a float in (0, 1) meaning
-            that fraction of the initial mergeable (non-class) token count. Each layer clamps it to
-            (N - protected) // 2; :func:`plan` shows the clamped values.
-        schedule: "constant", "increasing" (0 up to 2r), "decreasing" (2r down to 0), or one int per layer.
-        strategy: "merge", "drop", "random_drop", "random_merge" or "hybrid" (merge pairs whose key cosine is
-            >= ``threshold``, drop the others).
-        prop_attn: proportional attention (log size added to attention logits); None takes the family's default.
-        divided: for divided space-time models, "per_frame" (each frame matched on its own) or "aligned" (one
-            matching from frame-averaged keys, the same merges in every frame).
-        trace_source: keep the map of which input tokens each output token holds; read it with :func:`sources`.
-        seed: makes the random strategies reproducible.
+    ``settings`` is a :class:`~videotome.plan.MergeSettings`, or r as a number; ``options`` are its fields by name
+    (``patch(model, r=150, strategy="drop")``; with a settings value they replace its fields). The fields:
 
+    - ``r``: tokens removed per layer (per frame for divided space-time models): an int, or a float in (0, 1)
+      meaning that fraction of the initial mergeable (non-class) token count. Each layer clamps it to
+      (N - protected) // 2; :func:`plan` shows the clamped values.
+    - ``schedule``: "constant", "increasing" (0 up to 2r), "decreasing" (2r down to 0), or one int per layer.
+    - ``strategy``: "merge", "drop", "random_drop", "random_merge" or "hybrid" (merge pairs whose key cosine is
+      >= ``threshold``, drop the others).
+    - ``prop_attn``: proportional attention (log size added to attention logits); None takes the family's default.
+    - ``divided``: for divided space-time models, "per_frame" (each frame matched on its own) or "aligned" (one
+      matching from frame-averaged keys, the same merges in every frame).
+    - ``seed``: the random strategies' seed (default 0); None draws from torch's global generator.
+
+    ``trace_source`` keeps the map of which input tokens each output token holds; read it with :func:`sources`.
     Patching an already patched model replaces its plan.
     """
+    settings = merge_settings(settings, **options)
     adapter = find_adapter(model)
     if adapter is None:
         supported = ", ".join(cls.__name__ for a in ADAPTERS for cls in a.classes)
         raise TypeError(f"{type(model).__name__} is not supported by videotome.patch; supported classes: {supported}")
     plan = build_plan(
-        r,
+        settings,
         len(adapter.layers(model)),
         adapter.layout(model),
-        schedule=schedule,
-        strategy=strategy,
-        threshold=threshold,
-        prop_attn=adapter.prop_attn_default if prop_attn is None else bool(prop_attn),
-        divided=divided,
+        prop_attn_default=adapter.prop_attn_default,
         trace_source=trace_source,
-        seed=seed,
     )
     setattr(model, _ATTRIBUTE, Patch(adapter, plan))
     model.forward = types.MethodType(merged_forward, model)

@@ -1,13 +1,15 @@
-"""The merge plan: per-layer r, strategy and options, validated and fixed before any forward pass.
+"""Merge settings and the merge plan: what the user asks for, and per-layer r fixed before any forward pass.
 
-A plan is immutable. :func:`videotome.patch` builds one and the patched forward only reads it, so a patched
-model is safe under ``torch.compile``, ``torch.inference_mode`` and concurrent use.
+:class:`MergeSettings` is the one description of a reduction setting (r, schedule, strategy, threshold, proportional
+attention, divided mode, seed): :func:`videotome.patch` takes it, results files store it, and every command's flags
+are made from its fields. A plan is immutable: :func:`videotome.patch` builds one and the patched forward only reads
+it, so a patched model is safe under ``torch.compile``, ``torch.inference_mode`` and concurrent use.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from .merge import STRATEGIES, clamp_r
 
@@ -45,23 +47,170 @@ class LayerStep:
     tokens_out: int
 
 
+def check_r(value: int | float) -> int | float:
+    """r as the API takes it: an int >= 0 is tokens per layer, a float in (0, 1) a fraction of the initial mergeable
+    tokens; anything else is refused, naming the value."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"r={value!r} must be an int >= 0 or a float fraction in (0, 1)")
+    if value < 0:
+        raise ValueError(f"r={value!r} must be >= 0 (tokens merged per layer)")
+    if isinstance(value, float) and value >= 1:
+        raise ValueError(f"r={value!r}: a float r is a fraction of the initial token count and must be in (0, 1)")
+    return value
+
+
+def read_r(text: str) -> int | float:
+    """r from the command line, by the API's rule (:func:`check_r`): text that reads as an int ("8") is an int,
+    anything else a float ("0.1"; "1.0" is the float 1.0, refused as the API refuses it)."""
+    try:
+        value: int | float = int(text)
+    except ValueError:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"r must be an integer >= 0 or a fraction in (0, 1), got {text!r}") from None
+    return check_r(value)
+
+
+def read_schedule(value: str | Sequence[int]) -> str | tuple[int, ...]:
+    """A schedule name, or one non-negative int per layer (a sequence, or text such as "4,4,2,0")."""
+    if isinstance(value, str):
+        if value in SCHEDULES:
+            return value
+        try:
+            value = [int(part) for part in value.split(",")]
+        except ValueError:
+            raise ValueError(f"schedule={value!r} is not one of {SCHEDULES} or a list of ints") from None
+    values = tuple(value)
+    for item in values:
+        if isinstance(item, bool) or not isinstance(item, int) or item < 0:
+            raise ValueError(f"schedule value {item!r} is not a non-negative int")
+    return values
+
+
+SWITCH_WORDS = {"on": True, "off": False, "default": None}
+
+
+def read_switch(text: str) -> bool | None:
+    """A switch that may be left to a default, from the command line: "on", "off" or "default" (None)."""
+    if text not in SWITCH_WORDS:
+        raise ValueError(f"expected one of {tuple(SWITCH_WORDS)}, got {text!r}")
+    return SWITCH_WORDS[text]
+
+
+def _option(help: str, **more: object) -> dict[str, object]:
+    """Field metadata from which every command's flags are made (:func:`videotome.options.add_options`)."""
+    return {"help": help, **more}
+
+
+@dataclass(frozen=True)
+class MergeSettings:
+    """How a model reduces its tokens: what :func:`videotome.patch` takes, results files store, and every command's
+    reduction flags are made from. Values are checked here, before any model is touched; checks that need the model
+    (how many layers a schedule list needs) come when the plan is built."""
+
+    r: int | float = field(
+        default=0,
+        metadata=_option(
+            "tokens removed per layer (per frame for divided models): an int, or a fraction in (0, 1) of the "
+            "initial tokens; 0 leaves the model as it is",
+            parse=read_r, flag="--reduce", aliases=("--r",), metavar="R",
+        ),
+    )
+    schedule: str | tuple[int, ...] = field(
+        default="constant",
+        metadata=_option(f"one of {', '.join(SCHEDULES)}, or one int per layer (4,4,2,...)", parse=read_schedule),
+    )
+    strategy: str = field(default="merge", metadata=_option("how tokens are removed", choices=STRATEGIES))
+    threshold: float | None = field(
+        default=None, metadata=_option("cosine at or above which the hybrid strategy merges (else drops)")
+    )
+    prop_attn: bool | None = field(
+        default=None,
+        metadata=_option("proportional attention: on, off, or the family's default", parse=read_switch,
+                         choices=tuple(SWITCH_WORDS)),
+    )
+    divided: str = field(
+        default="per_frame",
+        metadata=_option("divided space-time models: match each frame alone, or once per clip", choices=DIVIDED_MODES),
+    )
+    seed: int | None = field(default=0, metadata=_option("seed of the random strategies (None: torch's generator)"))
+
+    def __post_init__(self) -> None:
+        check_r(self.r)
+        object.__setattr__(self, "schedule", read_schedule(self.schedule))
+        if self.prop_attn is not None and not isinstance(self.prop_attn, bool):
+            raise ValueError(f"prop_attn={self.prop_attn!r} must be True, False or None (the family's default)")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy={self.strategy!r} is not one of {STRATEGIES}")
+        if self.threshold is not None:
+            if self.strategy != "hybrid":
+                raise ValueError(f"threshold={self.threshold!r} applies only to strategy='hybrid', not {self.strategy!r}")
+            if isinstance(self.threshold, bool) or not -1.0 <= float(self.threshold) <= 1.0:
+                raise ValueError(f"threshold={self.threshold!r} must be a cosine similarity in [-1, 1]")
+            object.__setattr__(self, "threshold", float(self.threshold))
+        elif self.strategy == "hybrid":
+            raise ValueError("strategy='hybrid' needs threshold=, a cosine similarity in [-1, 1]")
+        if self.divided not in DIVIDED_MODES:
+            raise ValueError(f"divided={self.divided!r} is not one of {DIVIDED_MODES}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise ValueError(f"seed={self.seed!r} must be an int or None")
+
+    @property
+    def reduces(self) -> bool:
+        """Whether these settings remove any token (r = 0 with a named schedule leaves the model as it is)."""
+        return self.r != 0 or (not isinstance(self.schedule, str) and any(self.schedule))
+
+    def canonical(self) -> MergeSettings:
+        """The settings that decide a model's outputs: every setting that removes nothing is the default one."""
+        return self if self.reduces else MergeSettings()
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain JSON values (a schedule list as a list), as results files store them."""
+        values = asdict(self)
+        if isinstance(self.schedule, tuple):
+            values["schedule"] = list(self.schedule)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, object]) -> MergeSettings:
+        """The inverse of :meth:`to_dict`; an unknown key is refused, naming it."""
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown merge settings {unknown}; expected {[f.name for f in fields(cls)]}")
+        return cls(**values)
+
+
+def merge_settings(settings: MergeSettings | int | float | None = None, **options: object) -> MergeSettings:
+    """Settings from what a caller passed: a :class:`MergeSettings` (``options`` replace its fields), or r as a
+    number, or nothing, with any field as a keyword. An unknown keyword is refused, naming the accepted ones."""
+    names = [f.name for f in fields(MergeSettings)]
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        raise TypeError(f"unknown merge options {unknown}; expected some of {names}")
+    if isinstance(settings, MergeSettings):
+        return replace(settings, **options)
+    if settings is not None:
+        if "r" in options:
+            raise TypeError("r given twice: as the settings argument and as r=")
+        options["r"] = settings
+    return MergeSettings(**options)
+
+
 @dataclass(frozen=True)
 class MergePlan:
     """Everything a patched forward needs to know, fixed at patch time.
 
-    ``r`` holds the requested tokens to remove per layer (per group: per frame for divided models);
-    each layer clamps it to what its current sequence allows, as :meth:`steps` reports.
+    ``r`` holds the requested tokens to remove per layer (per group: per frame for divided models); each layer
+    clamps it to what its current sequence allows, as :meth:`steps` reports. ``prop_attn`` is the settings' value
+    with the family's default filled in.
     """
 
     r: tuple[int, ...]
     layout: TokenLayout
-    strategy: str = "merge"
-    threshold: float | None = None
-    prop_attn: bool = True
-    divided: str = "per_frame"
+    settings: MergeSettings
+    prop_attn: bool
     trace_source: bool = False
-    seed: int | None = None
-    schedule: str = "constant"
 
     def steps(self) -> list[LayerStep]:
         """Per layer: requested r, clamped r, and the whole sequence's length before and after."""
@@ -82,9 +231,11 @@ class MergePlan:
         return steps
 
     def __str__(self) -> str:
+        settings = self.settings
+        schedule = settings.schedule if isinstance(settings.schedule, str) else "explicit"
         header = (
-            f"MergePlan(strategy={self.strategy}, schedule={self.schedule}, prop_attn={self.prop_attn}, "
-            f"divided={self.divided}, threshold={self.threshold}, groups={self.layout.groups})\n"
+            f"MergePlan(strategy={settings.strategy}, schedule={schedule}, prop_attn={self.prop_attn}, "
+            f"divided={settings.divided}, threshold={settings.threshold}, groups={self.layout.groups})\n"
             "layer  requested_r  effective_r  tokens_in  tokens_out"
         )
         rows = [
@@ -101,16 +252,11 @@ def schedule_r(r: int, num_layers: int, schedule: str | Sequence[int]) -> tuple[
     ramp from 2r down to 0; both request about r * L in all, like the constant schedule. A sequence is taken as
     given, one non-negative int per layer.
     """
+    schedule = read_schedule(schedule)
     if not isinstance(schedule, str):
-        values = list(schedule)
-        if len(values) != num_layers:
-            raise ValueError(f"schedule has {len(values)} values; expected one per layer ({num_layers})")
-        for value in values:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"schedule value {value!r} is not a non-negative int")
-        return tuple(values)
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule={schedule!r} is not one of {SCHEDULES} or a list of ints")
+        if len(schedule) != num_layers:
+            raise ValueError(f"schedule has {len(schedule)} values; expected one per layer ({num_layers})")
+        return schedule
     if schedule == "constant" or num_layers == 1:
         return (r,) * num_layers
     start, stop = (0, 2 * r) if schedule == "increasing" else (2 * r, 0)
@@ -118,66 +264,26 @@ def schedule_r(r: int, num_layers: int, schedule: str | Sequence[int]) -> tuple[
     return tuple(int(start + step * i) for i in range(num_layers))
 
 
-def parse_r(text: str) -> int | float:
-    """Read r from the command line: an integer number of tokens per layer, or a fraction in (0, 1)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"r must be an integer or a fraction in (0, 1), got {text!r}") from None
-    if value < 0 or (not value.is_integer() and value >= 1):
-        raise ValueError(f"r must be a non-negative integer or a fraction in (0, 1), got {text!r}")
-    return int(value) if value.is_integer() else value
-
-
 def resolve_r(r: int | float, layout: TokenLayout) -> int:
     """Tokens per layer from an int, or from a fraction in (0, 1) of each group's initial mergeable tokens."""
-    if isinstance(r, bool) or not isinstance(r, (int, float)):
-        raise ValueError(f"r={r!r} must be an int >= 0 or a float fraction in (0, 1)")
-    if r < 0:
-        raise ValueError(f"r={r!r} must be >= 0 (tokens merged per layer)")
-    if isinstance(r, float):
-        if r >= 1:
-            raise ValueError(f"r={r!r}: a float r is a fraction of the initial token count and must be in (0, 1)")
+    if isinstance(check_r(r), float):
         return int(r * (layout.tokens_per_group - layout.protected))
     return r
 
 
 def build_plan(
-    r: int | float,
+    settings: MergeSettings,
     num_layers: int,
     layout: TokenLayout,
     *,
-    schedule: str | Sequence[int] = "constant",
-    strategy: str = "merge",
-    threshold: float | None = None,
-    prop_attn: bool = True,
-    divided: str = "per_frame",
+    prop_attn_default: bool = True,
     trace_source: bool = False,
-    seed: int | None = None,
 ) -> MergePlan:
-    """Validate the user's options and return the plan; every bad value gets a ValueError naming it."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy={strategy!r} is not one of {STRATEGIES}")
-    if threshold is not None:
-        if strategy != "hybrid":
-            raise ValueError(f"threshold={threshold!r} applies only to strategy='hybrid', not {strategy!r}")
-        if not -1.0 <= float(threshold) <= 1.0:
-            raise ValueError(f"threshold={threshold!r} must be a cosine similarity in [-1, 1]")
-    elif strategy == "hybrid":
-        raise ValueError("strategy='hybrid' needs threshold=, a cosine similarity in [-1, 1]")
-    if divided not in DIVIDED_MODES:
-        raise ValueError(f"divided={divided!r} is not one of {DIVIDED_MODES}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ValueError(f"seed={seed!r} must be an int or None")
-    per_layer = schedule_r(resolve_r(r, layout), num_layers, schedule)
+    """The plan of ``settings`` for a model of ``num_layers`` layers whose tokens divide as ``layout``."""
     return MergePlan(
-        r=per_layer,
+        r=schedule_r(resolve_r(settings.r, layout), num_layers, settings.schedule),
         layout=layout,
-        strategy=strategy,
-        threshold=None if threshold is None else float(threshold),
-        prop_attn=prop_attn,
-        divided=divided,
+        settings=settings,
+        prop_attn=prop_attn_default if settings.prop_attn is None else settings.prop_attn,
         trace_source=trace_source,
-        seed=seed,
-        schedule=schedule if isinstance(schedule, str) else "explicit",
     )

@@ -17,9 +17,6 @@ from .. import merge
 from ..kernels import softmax_last_dim
 from ..plan import MergePlan, TokenLayout
 
-MERGE_REGION = "videotome.merge"
-
-
 class TokenState(NamedTuple):
     """The tokens between layers: features, sizes (patches each token holds) and the source map.
 
@@ -86,9 +83,10 @@ def log_size(size: Tensor | None, plan: MergePlan) -> Tensor | None:
 
 def layer_generator(call: LayerCall, device: torch.device) -> torch.Generator | None:
     """A generator seeded from the plan's seed and the layer index, so random strategies repeat exactly."""
-    if call.plan.seed is None or not call.plan.strategy.startswith("random"):
+    settings = call.plan.settings
+    if settings.seed is None or not settings.strategy.startswith("random"):
         return None
-    return torch.Generator(device=device).manual_seed(call.plan.seed * 1_000_003 + call.index)
+    return torch.Generator(device=device).manual_seed(settings.seed * 1_000_003 + call.index)
 
 
 def prepare_reduction(
@@ -99,15 +97,15 @@ def prepare_reduction(
     ``shared_groups`` > 1 makes consecutive rows of the batch share one matching computed from their mean
     metric (every frame of a clip in aligned mode), so all of them merge the same positions.
     """
-    plan = call.plan
+    settings = call.plan.settings
     if shared_groups > 1:
         metric = metric.unflatten(0, (-1, shared_groups)).mean(dim=1)
     reduction = merge.bipartite_soft_matching(
         metric,
         call.r,
         protect_first=protect_first,
-        strategy=plan.strategy,
-        threshold=plan.threshold,
+        strategy=settings.strategy,
+        threshold=settings.threshold,
         generator=layer_generator(call, metric.device),
     )
     return merge.repeat(reduction, shared_groups) if shared_groups > 1 else reduction
@@ -125,7 +123,7 @@ def reduce_tokens(state: TokenState, metric: Tensor, call: LayerCall, *, protect
     """
     if merge.clamp_r(call.r, metric.shape[1], int(protect_first)) == 0:
         return state
-    with torch.profiler.record_function(MERGE_REGION):
+    with torch.profiler.record_function(merge.PROFILER_REGION):
         reduction = prepare_reduction(metric, call, protect_first=protect_first)
         x, size = merge.merge_wavg(reduction, state.x, state.size)
         source = state.source
@@ -174,8 +172,8 @@ def reduce_frames(
     really come from. Frames too short to lose a token (r clamped to 0) are left as they are.
     """
     if merge.clamp_r(call.r, per_frame.shape[1]) > 0:
-        with torch.profiler.record_function(MERGE_REGION):
-            shared = frames if call.plan.divided == "aligned" else 1
+        with torch.profiler.record_function(merge.PROFILER_REGION):
+            shared = frames if call.plan.settings.divided == "aligned" else 1
             reduction = prepare_reduction(metric, call, protect_first=False, shared_groups=shared)
             per_frame, size = merge.merge_wavg(reduction, per_frame, state.size)
             source = state.source

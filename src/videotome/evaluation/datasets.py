@@ -13,11 +13,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import VideotomeError
+
 DATASETS = ("k400", "ssv2", "epic100", "csv")
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".MP4")
 
 
-class AnnotationError(ValueError):
+class AnnotationError(VideotomeError, ValueError):
     """An annotation file that cannot be read as the expected format."""
 
 

@@ -12,23 +12,29 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 import videotome
 
+from ..distributed import DistContext, broadcast, gather, init_distributed
+from ..errors import VideotomeError
 from ..loading import VIDEO_MODEL_TYPES, load_local_model, resolve_model_dir
 from ..measure import synchronize
-from .datasets import Sample, check_labels, class_names_from_id2label, load_samples
+from ..options import typed
+from ..plan import MergeSettings
+from .datasets import DATASETS, Sample, check_labels, class_names_from_id2label, load_samples
 from .results import ResultsError, ResultsWriter, compute_metrics, run_id
 from .video import (
+    DECODERS,
+    SAMPLING_MODES,
     DecodeError,
     Preprocessing,
     SamplingConfig,
@@ -42,59 +48,8 @@ from .video import (
 TOP_K = 5
 
 
-class EvaluationError(RuntimeError):
+class EvaluationError(VideotomeError, RuntimeError):
     """An evaluation that cannot start or must stop (bad model, ``--strict`` failure)."""
-
-
-@dataclass
-class EvalConfig:
-    """Everything ``videotome eval`` needs (``run_settings`` picks those that define a run's predictions)."""
-
-    model: str
-    dataset: str
-    annotations: str
-    root: str
-    r: int | float = 0
-    schedule: str = "constant"
-    strategy: str = "merge"
-    threshold: float | None = None
-    prop_attn: bool | None = None
-    divided: str = "per_frame"
-    seed: int = 0
-    frames: int | None = None
-    sampling: str | None = None
-    stride: int | None = None
-    heads: str | None = None
-    classes: str | None = None
-    limit: int | None = None
-    decoder: str = "pyav"
-    batch_size: int = 8
-    workers: int = 2
-    device: str | None = None
-    strict: bool = False
-    progress: bool = True
-    stop_after_batches: int | None = field(default=None, repr=False)
-
-
-@dataclass
-class LoadedModel:
-    """A classifier ready for evaluation, with what is needed to feed it."""
-
-    model: torch.nn.Module
-    directory: Path
-    model_type: str
-    config: Any
-    sampling: SamplingConfig
-    preprocessing: Preprocessing
-
-
-@dataclass(frozen=True)
-class DistContext:
-    """This process's place in a (possibly single-process) run."""
-
-    rank: int
-    world: int
-    device: torch.device
 
 
 def parse_heads(text: str | None) -> dict[str, int] | None:
@@ -110,6 +65,72 @@ def parse_heads(text: str | None) -> dict[str, int] | None:
     return heads
 
 
+def _heads_text(text: str) -> str:
+    """``--heads`` as given, once it parses."""
+    parse_heads(text)
+    return text
+
+
+def _help(text: str, **more: Any) -> dict[str, Any]:
+    return {"help": text, **more}
+
+
+@dataclass
+class EvalConfig:
+    """Everything ``videotome eval`` needs; each field is one of its flags (``run_settings`` picks those that define
+    a run's predictions)."""
+
+    model: str = field(metadata=_help("checkpoint directory (or a Hub id already in the local cache)"))
+    dataset: str = field(metadata=_help("annotation format", choices=DATASETS))
+    annotations: str = field(metadata=_help("annotation file of the split to evaluate"))
+    root: str = field(metadata=_help("folder the videos are in"))
+    merge: MergeSettings = field(
+        default_factory=MergeSettings, metadata=_help("token reduction (videotome.patch)")
+    )
+    frames: int | None = field(default=None, metadata=_help("frames per clip (default: the model's)"))
+    sampling: str | None = field(
+        default=None, metadata=_help("frame sampling (default: the family's)", choices=SAMPLING_MODES)
+    )
+    stride: int | None = field(default=None, metadata=_help("frame stride of dense sampling (default: the family's)"))
+    heads: str | None = field(
+        default=None,
+        metadata=_help("split logits into named heads, e.g. verb:97,noun:300 (EPIC-KITCHENS)", parse=_heads_text),
+    )
+    classes: str | None = field(
+        default=None, metadata=_help("class list (k400: names, one a line or JSON; ssv2: labels.json)")
+    )
+    limit: int | None = field(default=None, metadata=_help("evaluate only the first N clips"))
+    decoder: str = field(default="pyav", metadata=_help("video decoder (decord only if installed)", choices=DECODERS))
+    batch_size: int = field(default=8, metadata=_help("clips per forward pass"))
+    workers: int = field(default=2, metadata=_help("decoding worker processes"))
+    device: str | None = field(default=None, metadata=_help("cpu, cuda or cuda:N (default: cuda when available)"))
+    strict: bool = field(default=False, metadata=_help("stop at the first missing or undecodable video"))
+    progress: bool = field(default=True, metadata=_help("hide the progress bar", flag="--no-progress"))
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset={self.dataset!r} is not one of {DATASETS}")
+        for name in ("batch_size", "limit", "frames", "stride"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name}={value} must be at least 1")
+        if self.workers < 0:
+            raise ValueError(f"workers={self.workers} must be at least 0")
+        parse_heads(self.heads)
+
+
+@dataclass
+class LoadedModel:
+    """A classifier ready for evaluation, with what is needed to feed it."""
+
+    model: torch.nn.Module
+    directory: Path
+    model_type: str
+    config: Any
+    sampling: SamplingConfig
+    preprocessing: Preprocessing
+
+
 def read_model_config(directory: Path) -> dict[str, Any]:
     """Read a checkpoint's ``config.json`` as a plain dict."""
     path = directory / "config.json"
@@ -118,7 +139,7 @@ def read_model_config(directory: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def load_model(config: EvalConfig, device: torch.device) -> LoadedModel:
+def load_classifier(config: EvalConfig, device: torch.device) -> LoadedModel:
     """Load the classifier (a transformers video model or the Motionformer) and its sampling and preprocessing."""
     try:
         directory = resolve_model_dir(config.model)
@@ -143,20 +164,13 @@ def load_model(config: EvalConfig, device: torch.device) -> LoadedModel:
 
 def run_settings(config: EvalConfig, loaded: LoadedModel) -> dict[str, Any]:
     """The settings that define a run's predictions (and so its identity in the results file)."""
-    reduced = config.r != 0
     settings = {
         "model": str(loaded.directory),
         "model_type": loaded.model_type,
         "dataset": config.dataset,
         "annotations": str(Path(config.annotations).resolve()),
         "limit": config.limit,
-        "r": config.r,
-        "strategy": config.strategy if reduced else "none",
-        "schedule": config.schedule if reduced else "none",
-        "threshold": config.threshold if reduced else None,
-        "prop_attn": config.prop_attn if reduced else None,
-        "divided": config.divided if reduced else None,
-        "seed": config.seed if reduced else None,
+        "merge": config.merge.canonical().to_dict(),
         "sampling": asdict(loaded.sampling),
         "preprocessing": loaded.preprocessing.to_dict(),
         "heads": config.heads,
@@ -167,6 +181,7 @@ def run_settings(config: EvalConfig, loaded: LoadedModel) -> dict[str, Any]:
 
 
 def package_version(package: str) -> str | None:
+    """The installed version of a package, or None when it is not installed."""
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
@@ -198,39 +213,6 @@ def make_header(
         },
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-
-
-def init_distributed(device: str | None) -> DistContext:
-    """Join the process group when launched by torchrun (``WORLD_SIZE`` > 1); otherwise a single process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    use_cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
-    if world == 1:
-        return DistContext(0, 1, torch.device(device or ("cuda" if use_cuda else "cpu")))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    target = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-    return DistContext(dist.get_rank(), dist.get_world_size(), target)
-
-
-def _broadcast(value: Any, context: DistContext) -> Any:
-    """Rank 0's ``value`` on every rank."""
-    if context.world == 1:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _gather(value: Any, context: DistContext) -> list[Any]:
-    """Every rank's ``value``, on rank 0 (other ranks get an empty list)."""
-    if context.world == 1:
-        return [value]
-    boxes = [None] * context.world if context.rank == 0 else None
-    dist.gather_object(value, boxes, dst=0)
-    return boxes or []
 
 
 class ClipDataset(Dataset):
@@ -290,25 +272,17 @@ def forward_batch(
     return {head: logits.float().softmax(-1).cpu() for head, logits in split_heads(output, heads).items()}, seconds
 
 
-def apply_reduction(model: torch.nn.Module, config: EvalConfig) -> None:
-    """Patch the model with ``videotome.patch`` for r > 0 (r = 0 is the unmodified baseline)."""
-    if config.r == 0:
-        return
-    videotome.patch(
-        model,
-        config.r,
-        schedule=config.schedule,
-        strategy=config.strategy,
-        threshold=config.threshold,
-        prop_attn=config.prop_attn,
-        divided=config.divided,
-        seed=config.seed,
-    )
+def apply_reduction(model: torch.nn.Module, settings: MergeSettings) -> None:
+    """Patch the model with ``videotome.patch`` when the settings reduce tokens (else it stays as it is)."""
+    if settings.reduces:
+        videotome.patch(model, settings)
 
 
-def clip_records(
-    items: list[dict[str, Any]], probabilities: dict[str, torch.Tensor], brief: dict[str, Any]
-) -> list[dict[str, Any]]:
+Item = dict[str, Any]
+"""One clip on its way through the loop: its ``sample``, its ``pixels`` (None when it failed) and the ``error``."""
+
+
+def clip_records(items: list[Item], probabilities: dict[str, torch.Tensor], brief: dict[str, Any]) -> list[dict]:
     """One results line per clip: labels, top-5 (index, probability) per head, or the error."""
     records, row = [], 0
     for item in items:
@@ -335,13 +309,19 @@ def _probe(loaded: LoadedModel, heads: dict[str, int] | None, device: torch.devi
         crop = (size, size)
     pixels = torch.zeros(1, loaded.sampling.frames, 3, *crop, device=device)
     try:
-        probabilities, _ = forward_batch(loaded.model, pixels, heads)
+        with torch.inference_mode():
+            output = loaded.model(pixel_values=pixels)
     except RuntimeError as error:
         raise EvaluationError(
             f"the model rejects clips of {loaded.sampling.frames} frames of {crop[0]}x{crop[1]} "
             f"(check --frames and the preprocessor config): {error}"
         ) from error
-    return {head: probs.shape[-1] for head, probs in probabilities.items()}
+    return {head: logits.shape[-1] for head, logits in split_heads(output, heads).items()}
+
+
+def _brief(settings: dict[str, Any]) -> dict[str, Any]:
+    """What every clip line repeats of its run's settings."""
+    return {key: settings[key] for key in ("model", "dataset", "merge")}
 
 
 def evaluate(config: EvalConfig, *, new_runs: bool = False, resume: bool = False, out: str | Path) -> dict[str, Any]:
@@ -352,14 +332,14 @@ def evaluate(config: EvalConfig, *, new_runs: bool = False, resume: bool = False
     """
     check_decoder(config.decoder)
     context = init_distributed(config.device)
-    loaded = load_model(config, context.device)
+    loaded = load_classifier(config, context.device)
     id2label = getattr(loaded.config, "id2label", None) or {}
     samples = load_samples(
         config.dataset, config.annotations, config.root, class_names_from_id2label(id2label), config.classes
     )
     samples = samples[: config.limit] if config.limit is not None else samples
     heads = parse_heads(config.heads)
-    apply_reduction(loaded.model, config)
+    apply_reduction(loaded.model, config.merge)
     check_labels(samples, _probe(loaded, heads, context.device), config.annotations)
     settings = run_settings(config, loaded)
     header = make_header(
@@ -367,14 +347,14 @@ def evaluate(config: EvalConfig, *, new_runs: bool = False, resume: bool = False
     )
 
     writer, failure = None, None
-    if context.rank == 0:  # only rank 0 touches the file; the others learn what is done from it
+    if context.is_main:  # only rank 0 touches the file; the others learn what is done from it
         try:
             writer = ResultsWriter(out, header, resume=resume or new_runs, new_runs=new_runs)
         except ResultsError as error:
             failure = str(error)
     done = writer.done if writer else {}
     finished = writer.summaries[-1] if writer and writer.summaries else None
-    failure, done_ids, finished = _broadcast((failure, sorted(done), finished), context)
+    failure, done_ids, finished = broadcast((failure, sorted(done), finished), context)
     if failure:
         raise ResultsError(failure)
     done_set = set(done_ids)
@@ -382,59 +362,80 @@ def evaluate(config: EvalConfig, *, new_runs: bool = False, resume: bool = False
     try:
         if not remaining and finished is not None:
             return finished
-        return _run(config, loaded, context, remaining, heads, header, writer, dict(done))
+        shard = remaining[context.rank :: context.world]
+        steps = math.ceil(math.ceil(len(remaining) / context.world) / config.batch_size)
+        dataset = ClipDataset(shard, loaded.sampling, loaded.preprocessing, config.decoder)
+        loader = DataLoader(dataset, batch_size=config.batch_size, num_workers=config.workers, collate_fn=_as_list)
+        return score(
+            loaded.model,
+            _padded(loader, steps),
+            heads=heads,
+            header=header,
+            writer=writer,
+            records=dict(done),
+            context=context,
+            total=len(remaining),
+            frames=loaded.sampling.frames,
+            strict=config.strict,
+            progress=config.progress,
+        )
     finally:
         if writer is not None:
             writer.close()
 
 
-def _run(
-    config: EvalConfig,
-    loaded: LoadedModel,
-    context: DistContext,
-    remaining: list[Sample],
+def _padded(batches: Iterable[list[Item]], steps: int) -> Iterator[list[Item]]:
+    """Exactly ``steps`` batches (empty ones after the last), so that every rank takes part in every gather."""
+    batches = iter(batches)
+    for _ in range(steps):
+        yield next(batches, [])
+
+
+def score(
+    model: torch.nn.Module,
+    batches: Iterable[list[Item]],
+    *,
     heads: dict[str, int] | None,
     header: dict[str, Any],
     writer: ResultsWriter | None,
     records: dict[str, dict[str, Any]],
+    context: DistContext,
+    total: int,
+    frames: int,
+    strict: bool = False,
+    progress: bool = True,
+    throughput: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Classify this rank's shard of ``remaining``; rank 0 writes every step's records, then the summary."""
-    rid, settings = header["run"], header["settings"]
-    shard = remaining[context.rank :: context.world]
-    steps = math.ceil(math.ceil(len(remaining) / context.world) / config.batch_size)
-    dataset = ClipDataset(shard, loaded.sampling, loaded.preprocessing, config.decoder)
-    loader = DataLoader(dataset, batch_size=config.batch_size, num_workers=config.workers, collate_fn=_as_list)
-    batches = iter(loader)
-    brief = {key: settings[key] for key in ("model", "dataset", "r", "strategy", "schedule")}
-    bar = tqdm(
-        total=len(remaining),
-        desc="eval",
-        unit="clip",
-        disable=not config.progress or context.rank != 0,
-        file=sys.stderr,
-    )
-    model_clips, model_seconds = 0, 0.0
+    """The scoring loop of every evaluation: classify each batch of clips, write their lines, then the summary.
+
+    ``batches`` come from decoded videos (:func:`evaluate`) or from tensors in memory
+    (:func:`videotome.evaluation.tensors.evaluate_tensors`). Rank 0 gathers every rank's lines of each step and
+    writes them (``writer`` is None on the other ranks); ``records`` holds the lines already in the file.
+    ``throughput`` replaces the speed measured here (e.g. by an interleaved timing). Returns the summary on every
+    rank.
+    """
+    rid, brief = header["run"], _brief(header["settings"])
+    bar = tqdm(total=total, desc="eval", unit="clip", disable=not progress or not context.is_main, file=sys.stderr)
+    model_clips, model_seconds, count = 0, 0.0, 0
     begin = time.perf_counter()
-    for step in range(steps):
-        items = next(batches, [])
+    for items in batches:
         failed = next((item for item in items if item["error"] is not None), None)
-        if config.strict and failed is not None:
+        if strict and failed is not None:
             raise EvaluationError(f"{failed['sample'].id}: {failed['error']} (--strict stops at the first bad video)")
         good = [item["pixels"] for item in items if item["error"] is None]
         probabilities: dict[str, torch.Tensor] = {}
         if good:
-            probabilities, seconds = forward_batch(loaded.model, torch.stack(good).to(context.device), heads)
+            probabilities, seconds = forward_batch(model, torch.stack(good).to(context.device), heads)
             model_clips, model_seconds = model_clips + len(good), model_seconds + seconds
-        gathered = _gather(clip_records(items, probabilities, brief), context)
+        count += len(items)
+        gathered = gather(clip_records(items, probabilities, brief), context)
         if writer is not None:
             lines = [{"type": "clip", "run": rid, **record} for part in gathered for record in part]
             writer.write(lines)
             records.update((line["id"], line) for line in lines)
             bar.update(len(lines))
-            if config.stop_after_batches is not None and step + 1 >= config.stop_after_batches:
-                os._exit(3)  # simulated crash for tests: no cleanup, like a killed process
     bar.close()
-    timings = _gather((model_clips, model_seconds, len(shard), time.perf_counter() - begin), context)
+    timings = gather((model_clips, model_seconds, count, time.perf_counter() - begin), context)
     summary = None
     if writer is not None:
         summary = {
@@ -442,15 +443,16 @@ def _run(
             "run": rid,
             "settings": brief,
             "metrics": compute_metrics(records.values()),
-            "throughput": _throughput(timings, loaded.sampling.frames),
+            "throughput": {**rates(timings, frames), **(throughput or {})},
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         writer.write([summary])
-    return _broadcast(summary, context)
+    return broadcast(summary, context)
 
 
-def _throughput(timings: list[tuple[int, float, int, float]], frames: int) -> dict[str, Any]:
-    """Model-only and end-to-end speed over all ranks (ranks run side by side, so their rates add up)."""
+def rates(timings: list[tuple[int, float, int, float]], frames: int) -> dict[str, Any]:
+    """Model-only and end-to-end speed from each rank's (model clips, model seconds, clips, wall seconds); ranks
+    run side by side, so their rates add up."""
     model_rate = sum(clips / seconds for clips, seconds, _, _ in timings if seconds > 0)
     wall = max(seconds for *_, seconds in timings)
     clips = sum(count for _, _, count, _ in timings)

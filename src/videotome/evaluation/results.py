@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import VideotomeError
 
-class ResultsError(RuntimeError):
+
+class ResultsError(VideotomeError, RuntimeError):
     """A results file that cannot be written or resumed as asked."""
 
 

@@ -1,26 +1,24 @@
 """Evaluating a model on clips already in memory, into the same results files as ``videotome eval``.
 
-The file-based harness decodes videos from disk; generated data (the testbed) is already a tensor. This path skips
-decoding but keeps everything else: ``videotome.patch`` settings, the header / clip / summary lines of
-:mod:`~videotome.evaluation.results` (so :func:`~videotome.evaluation.report.collect_rows` and ``videotome report``
-read them), per-head top-5 records and :func:`~videotome.evaluation.results.compute_metrics`.
+The file-based harness decodes videos from disk; generated data (the testbed) is already a tensor. This path feeds
+the harness's own scoring loop (:func:`~videotome.evaluation.harness.score`) from tensors instead of a video
+loader, so ``results.jsonl`` has the header / clip / summary lines of ``videotome eval`` and ``videotome report``
+reads it.
 """
 
 from __future__ import annotations
 
-import sys
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
+from ..distributed import DistContext
 from .datasets import Sample
-from .harness import clip_records, forward_batch, make_header
-from .results import ResultsError, ResultsWriter, compute_metrics
+from .harness import Item, make_header, score
+from .results import ResultsError, ResultsWriter
 
 
 @dataclass
@@ -37,6 +35,21 @@ class TensorClips:
         if self.pixels.shape[0] != count or any(size != count for size in sizes.values()):
             raise ValueError(f"{count} ids need as many clips and labels; got {self.pixels.shape[0]} clips, {sizes}")
 
+    def batches(self, batch_size: int, prepare: Callable[[torch.Tensor], torch.Tensor] | None) -> Iterator[list[Item]]:
+        """The clips as the scoring loop takes them, ``batch_size`` at a time, through ``prepare`` if given."""
+        for start in range(0, len(self.ids), batch_size):
+            stop = min(start + batch_size, len(self.ids))
+            pixels = self.pixels[start:stop]
+            pixels = prepare(pixels) if prepare else pixels
+            yield [
+                {
+                    "sample": Sample(self.ids[i], Path(self.ids[i]), {h: int(v[i]) for h, v in self.labels.items()}),
+                    "pixels": pixels[i - start],
+                    "error": None,
+                }
+                for i in range(start, stop)
+            ]
+
 
 def evaluate_tensors(
     model: torch.nn.Module,
@@ -52,58 +65,30 @@ def evaluate_tensors(
 ) -> dict[str, Any]:
     """Classify every clip with ``model`` (already patched as ``settings`` says) and append the run to ``out``.
 
-    ``settings`` defines the run as in ``videotome eval`` (at least ``model``, ``model_type``, ``dataset``, ``r``,
-    ``strategy``, ``schedule``); ``out`` may hold other runs, but not this one. ``prepare``
-    maps a batch of pixels to the model's input (e.g. frame selection). ``throughput`` replaces the speed measured
-    during this pass (e.g. with an interleaved timing); returns the summary line.
+    ``settings`` defines the run as in ``videotome eval`` (at least ``model``, ``model_type``, ``dataset`` and
+    ``merge``, a :meth:`~videotome.plan.MergeSettings.to_dict`); ``out`` may hold other runs, but not this one.
+    ``prepare`` maps a batch of pixels to the model's input (e.g. frame selection). ``throughput`` replaces the
+    speed measured during this pass (e.g. with an interleaved timing); returns the summary line.
     """
     settings = dict(settings)
-    missing = {"model", "model_type", "dataset", "r", "strategy", "schedule"} - set(settings)
+    missing = {"model", "model_type", "dataset", "merge"} - set(settings)
     if missing:
         raise ValueError(f"settings lack {sorted(missing)}")
-    header = make_header(settings, batch_size=batch_size, workers=0, device=clips.pixels.device)
-    rid = header["run"]
-    brief = {key: settings[key] for key in ("model", "dataset", "r", "strategy", "schedule")}
-    records: dict[str, dict[str, Any]] = {}
-    seconds = 0.0
+    device = clips.pixels.device
+    header = make_header(settings, batch_size=batch_size, workers=0, device=device)
     with ResultsWriter(out, header, resume=True, new_runs=True) as writer:
         if writer.done:
-            raise ResultsError(f"{out} already holds run {rid} ({settings['model']}); choose another file")
-        bar = tqdm(total=len(clips.ids), desc=f"eval {settings['model']}", unit="clip", disable=not progress,
-                   file=sys.stderr, leave=False)
-        for start in range(0, len(clips.ids), batch_size):
-            stop = min(start + batch_size, len(clips.ids))
-            pixels = clips.pixels[start:stop]
-            pixels = prepare(pixels) if prepare else pixels
-            probabilities, took = forward_batch(model, pixels, dict(heads) if heads else None)
-            seconds += took
-            items = [
-                {
-                    "sample": Sample(clips.ids[i], Path(clips.ids[i]), {h: int(v[i]) for h, v in clips.labels.items()}),
-                    "error": None,
-                }
-                for i in range(start, stop)
-            ]
-            lines = [{"type": "clip", "run": rid, **record} for record in clip_records(items, probabilities, brief)]
-            writer.write(lines)
-            records.update((line["id"], line) for line in lines)
-            bar.update(stop - start)
-        bar.close()
-        frames = int(clips.pixels.shape[1])
-        measured = {
-            "model_clips_per_s": len(clips.ids) / seconds if seconds > 0 else 0.0,
-            "model_frames_per_s": len(clips.ids) * frames / seconds if seconds > 0 else 0.0,
-            "end_to_end_clips_per_s": len(clips.ids) / seconds if seconds > 0 else 0.0,
-            "clips_timed": len(clips.ids),
-            "world_size": 1,
-        }
-        summary = {
-            "type": "summary",
-            "run": rid,
-            "settings": brief,
-            "metrics": compute_metrics(records.values()),
-            "throughput": {**measured, **(throughput or {})},
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        writer.write([summary])
-    return summary
+            raise ResultsError(f"{out} already holds run {header['run']} ({settings['model']}); choose another file")
+        return score(
+            model,
+            clips.batches(batch_size, prepare),
+            heads=dict(heads) if heads else None,
+            header=header,
+            writer=writer,
+            records={},
+            context=DistContext(0, 1, device),
+            total=len(clips.ids),
+            frames=int(clips.pixels.shape[1]) if prepare is None else int(prepare(clips.pixels[:1]).shape[1]),
+            progress=progress,
+            throughput=throughput,
+        )

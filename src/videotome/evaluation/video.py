@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import VideotomeError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
@@ -26,7 +28,7 @@ SAMPLING_MODES = ("uniform", "dense")
 DECODERS = ("pyav", "decord")
 
 
-class DecodeError(RuntimeError):
+class DecodeError(VideotomeError, RuntimeError):
     """A video that is missing, truncated or cannot be decoded."""
 
 

@@ -29,7 +29,7 @@ from ..adapters import find_adapter
 from ..evaluation.report import to_markdown
 from ..evaluation.tensors import TensorClips, evaluate_tensors
 from ..measure import time_interleaved
-from ..plan import resolve_r
+from ..plan import MergeSettings, resolve_r
 from .data import HEADS, validation_set
 from .models import ARCHITECTURES, CHECKPOINTS, load_checkpoint, select_frames
 
@@ -113,21 +113,25 @@ def full_settings(model: torch.nn.Module, arch: str) -> list[Setting]:
     return list(unique)
 
 
-def patched_copy(model: torch.nn.Module, setting: Setting, *, trace_source: bool = False) -> torch.nn.Module:
-    """A copy of ``model`` reduced as ``setting`` says (the unmerged model itself for r = 0)."""
+def merge_settings_of(setting: Setting) -> MergeSettings:
+    """The library's settings value of a demo setting."""
     if setting.r == 0:
-        return model
-    variant = copy.deepcopy(model)
-    return videotome.patch(
-        variant,
+        return MergeSettings()
+    return MergeSettings(
         setting.r,
         schedule=setting.schedule,
         strategy=setting.strategy,
         threshold=setting.threshold,
         divided=setting.divided or "per_frame",
-        trace_source=trace_source,
         seed=SEED,
     )
+
+
+def patched_copy(model: torch.nn.Module, setting: Setting, *, trace_source: bool = False) -> torch.nn.Module:
+    """A copy of ``model`` reduced as ``setting`` says (the unmerged model itself for r = 0)."""
+    if setting.r == 0:
+        return model
+    return videotome.patch(copy.deepcopy(model), merge_settings_of(setting), trace_source=trace_source)
 
 
 def _run_settings(arch: str, model: torch.nn.Module, setting: Setting, clips: int) -> dict[str, Any]:
@@ -137,13 +141,7 @@ def _run_settings(arch: str, model: torch.nn.Module, setting: Setting, clips: in
         "model_type": model.config.model_type,
         "dataset": "testbed",
         "limit": clips,
-        "r": setting.r,
-        "strategy": setting.strategy,
-        "schedule": setting.schedule,
-        "threshold": setting.threshold,
-        "prop_attn": None,
-        "divided": setting.divided,
-        "seed": SEED if setting.r else None,
+        "merge": merge_settings_of(setting).to_dict(),
         "heads": ",".join(f"{name}:{size}" for name, size in HEADS.items()),
     }
 
