@@ -51,7 +51,6 @@ def _add_data_arguments(parser: argparse.ArgumentParser, required: bool) -> None
     run.add_argument("--strict", action="store_true", default=None, help="stop at the first bad video")
     run.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
     run.add_argument("--out", required=required, help="results file (JSONL)")
-    run.add_argument("--stop-after-batches", type=int, help=argparse.SUPPRESS)
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:

@@ -12,7 +12,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -73,7 +73,6 @@ class EvalConfig:
     device: str | None = None
     strict: bool = False
     progress: bool = True
-    stop_after_batches: int | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -431,8 +430,6 @@ def _run(
             writer.write(lines)
             records.update((line["id"], line) for line in lines)
             bar.update(len(lines))
-            if config.stop_after_batches is not None and step + 1 >= config.stop_after_batches:
-                os._exit(3)  # simulated crash for tests: no cleanup, like a killed process
     bar.close()
     timings = _gather((model_clips, model_seconds, len(shard), time.perf_counter() - begin), context)
     summary = None
