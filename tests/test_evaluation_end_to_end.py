@@ -414,7 +414,8 @@ def test_killed_run_resumes_without_loss_or_duplicates(model_dir: Path, data: Pa
     assert code == -signal.SIGKILL, f"the eval ended by itself (code {code}) before the kill: give it more clips"
     survived = _complete_lines(out)
     assert not any(line["type"] == "summary" for line in survived), "the eval finished before the kill"
-    assert KILL_AFTER <= sum(line["type"] == "clip" for line in survived) < KILL_CLIPS
+    done = sum(line["type"] == "clip" for line in survived)
+    assert KILL_AFTER <= done < KILL_CLIPS, f"killed with {done} of {KILL_CLIPS} clips done: give the eval more clips"
     written = out.read_text()
     kept = written[: written.rfind("\n") + 1]
     if written == kept:  # the kill fell between two writes, as it nearly always does: tear a line as a write would
