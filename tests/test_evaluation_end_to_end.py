@@ -1,6 +1,7 @@
-"""End-to-end tests of ``videotome eval/sweep/report`` on real video segments and a tiny VideoMAE.
+"""End-to-end tests of ``videotome eval/sweep/report`` on real encoded videos and a tiny VideoMAE.
 
-The clips are cut from ../shared/data/clips/bigbuckbunny.mp4 (re-encoded at 96x54); the tests skip when it is absent.
+The videos are cut from a synthetic scene drawn here (a panning texture with moving shapes, 132 frames at 96x54)
+and encoded with PyAV (H.264 mp4, VP9 webm), so the suite needs nothing outside the repository.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import av
@@ -28,13 +30,41 @@ from videotome.evaluation.results import ResultsError, read_runs
 from videotome.evaluation.video import SamplingConfig, load_preprocessing, preprocess, read_clip
 
 
-REPO = Path(__file__).resolve().parents[1]
-SOURCE = REPO.parent / "shared" / "data" / "clips" / "bigbuckbunny.mp4"
 SIZE = (96, 54)
 FPS = 25
+FRAMES = 132
 CLIP_STARTS = (0, 12, 30, 48, 66, 84, 100, 112)  # 8 clips of 20 frames (the last one shorter: 132 frames in all)
 CLIP_LENGTH = 20
 CLASSES = ["abseiling", "air drumming", "archery", "baking cookies", "balloon blowing"]
+KILL_CLIPS = 48  # the kill test lists the 8 clips 6 times over, so the eval is still running when it is killed
+KILL_AFTER = 4  # clip lines on disk before the kill
+
+
+def _scene() -> list[np.ndarray]:
+    """``FRAMES`` RGB frames of a seeded scene: a panning, slowly recolouring texture and two moving discs.
+
+    Texture gives the codecs real work and the model varied patches; the motion and colour drift make every clip
+    cut from the scene different from the others.
+    """
+    rng = np.random.default_rng(0)
+    width, height = SIZE
+    texture = rng.integers(0, 256, size=(height, 2 * width, 3)).astype(np.float64)
+    for axis in (0, 1):  # smooth the noise into blobs a few pixels wide
+        texture = sum(np.roll(texture, shift, axis=axis) for shift in range(-2, 3)) / 5
+    y, x = np.mgrid[:height, :width]
+    frames = []
+    for t in range(FRAMES):
+        phase = 2 * np.pi * t / FRAMES
+        tint = 0.6 + 0.4 * np.array([np.cos(phase), 1.0, np.sin(phase)]) ** 2
+        image = np.roll(texture, -t, axis=1)[:, :width] * tint
+        for speed, radius, colour in ((1.0, 9, (255, 40, 40)), (-1.7, 6, (30, 220, 255))):
+            cx = width / 2 + (width / 2 - radius) * np.sin(speed * phase)
+            cy = height / 2 + (height / 2 - radius) * np.cos(2 * speed * phase)
+            image[(x - cx) ** 2 + (y - cy) ** 2 < radius**2] = colour
+        frames.append(np.clip(image, 0, 255).astype(np.uint8))
+    return frames
+
+
 def _encode(path: Path, frames: list[np.ndarray], codec: str, options: dict[str, str] | None = None) -> None:
     with av.open(str(path), "w", options=options or {}) as container:
         stream = container.add_stream(codec, rate=FPS)
@@ -47,11 +77,8 @@ def _encode(path: Path, frames: list[np.ndarray], codec: str, options: dict[str,
 @pytest.fixture(scope="session")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every annotation format over the same 8 clips (plus EPIC-style segments of one long video)."""
-    if not SOURCE.is_file():
-        pytest.skip(f"test video {SOURCE} is absent (it lives in the shared data folder next to the repository)")
     root = tmp_path_factory.mktemp("videos")
-    with av.open(str(SOURCE)) as container:
-        frames = [f.to_ndarray(format="rgb24", width=SIZE[0], height=SIZE[1]) for f in container.decode(video=0)]
+    frames = _scene()
     labels = [i % len(CLASSES) for i in range(len(CLIP_STARTS))]
     (root / "clips").mkdir()
     lines = []
@@ -155,20 +182,40 @@ def _direct_top5(model_dir: Path, paths: list[Path], **patch: object) -> list[li
     return logits.topk(5).indices.tolist()
 
 
+def _launch(args: list[str], launcher: list[str] | None = None, **streams: object) -> subprocess.Popen:
+    """Start ``videotome`` with ``args`` in a fresh process group (or several processes, under torchrun)."""
+    command = (launcher or [sys.executable]) + ["-m", "videotome"] + args
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(command, text=True, env=environment, start_new_session=True, **streams)
+
+
 def _cli(tmp_path: Path, *args: str, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
     """Run the commands in a fresh process (or several, under torchrun); kill the whole group on a timeout."""
-    command = (launcher or [sys.executable]) + ["-m", "videotome"] + list(args)
-    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment, start_new_session=True
-    )
+    process = _launch(list(args), launcher, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         stdout, stderr = process.communicate(timeout=120)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.communicate()
         raise
-    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def _complete_lines(path: Path) -> list[dict]:
+    """The lines of a results file that a running eval has finished writing (the last piece may be half-written)."""
+    text = path.read_text() if path.is_file() else ""
+    return [json.loads(line) for line in text.split("\n")[:-1]]
+
+
+def _wait_for_clips(path: Path, count: int, process: subprocess.Popen, timeout: float = 120) -> None:
+    """Poll the results file of a running eval until ``count`` clip lines are on disk; fail if it ends or stalls."""
+    deadline = time.monotonic() + timeout
+    while sum(line["type"] == "clip" for line in _complete_lines(path)) < count:
+        if process.poll() is not None:
+            pytest.fail(f"the eval exited (code {process.returncode}) before {count} clip lines were in {path}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"fewer than {count} clip lines in {path} after {timeout} s")
+        time.sleep(0.002)
 
 
 def _eval_args(model_dir: Path, data: Path, out: Path, *extra: str) -> list[str]:
@@ -180,6 +227,7 @@ def test_predictions_match_a_direct_forward_pass(model_dir: Path, data: Path, tm
     out = tmp_path / "run.jsonl"
     summary = evaluate(_config(model_dir, data), out=out)
     expected = _direct_top5(model_dir, [data / "clips" / f"clip{i}.mp4" for i in range(len(CLIP_STARTS))])
+    assert len({tuple(top5) for top5 in expected}) > 1  # the scene's clips differ, so a mixed-up clip would show
     predictions = _predictions(out)
     assert [predictions[f"clips/clip{i}.mp4"] for i in range(len(CLIP_STARTS))] == expected
     labels = [i % len(CLASSES) for i in range(len(CLIP_STARTS))]
@@ -345,27 +393,51 @@ def test_malformed_annotations_stop_before_any_work(model_dir: Path, data: Path,
 
 
 def test_killed_run_resumes_without_loss_or_duplicates(model_dir: Path, data: Path, tmp_path: Path) -> None:
+    """SIGKILL a real ``videotome eval`` mid-run, then ``--resume``: each clip once, predicted as without the kill."""
+    (tmp_path / "clips").mkdir()
+    listing = []
+    for n in range(KILL_CLIPS):
+        (tmp_path / "clips" / f"clip{n}.mp4").symlink_to(data / "clips" / f"clip{n % len(CLIP_STARTS)}.mp4")
+        listing.append(f"clips/clip{n}.mp4 {n % len(CLASSES)}")
+    annotations = tmp_path / "list.txt"
+    annotations.write_text("\n".join(listing) + "\n")
     out = tmp_path / "run.jsonl"
-    crashed = _cli(tmp_path, *_eval_args(model_dir, data, out, "--stop-after-batches", "1"))
-    assert crashed.returncode == 3, crashed.stderr
-    assert len(_clip_lines(out)) == 3  # the first batch survived the crash, nothing else was written
-    with out.open("a") as handle:
-        handle.write('{"type": "clip", "run": "torn li')  # a line the killed process was half-way through
+    args = _eval_args(model_dir, data, out, "--root", str(tmp_path), "--annotations", str(annotations),
+                      "--batch-size", "1")
+    with (tmp_path / "killed.log").open("w") as log:
+        process = _launch(args, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            _wait_for_clips(out, KILL_AFTER, process)
+        finally:
+            process.kill()
+            code = process.wait()
+    assert code == -signal.SIGKILL, f"the eval ended by itself (code {code}) before the kill: give it more clips"
+    survived = _complete_lines(out)
+    assert not any(line["type"] == "summary" for line in survived), "the eval finished before the kill"
+    done = sum(line["type"] == "clip" for line in survived)
+    assert KILL_AFTER <= done < KILL_CLIPS, f"killed with {done} of {KILL_CLIPS} clips done: give the eval more clips"
+    written = out.read_text()
+    kept = written[: written.rfind("\n") + 1]
+    if written == kept:  # the kill fell between two writes, as it nearly always does: tear a line as a write would
+        with out.open("a") as handle:
+            handle.write('{"type": "clip", "run": "torn li')
+    config = _config(model_dir, tmp_path, annotations=str(annotations), batch_size=1)
     with pytest.raises(ResultsError, match="already holds results; pass --resume"):
-        evaluate(_config(model_dir, data), out=out)
+        evaluate(config, out=out)
     difference = r"different settings: sampling: .*'stride': 4.* \(in the file\) != .*'stride': 2"
     with pytest.raises(ResultsError, match=difference):
-        evaluate(_config(model_dir, data, stride=2), resume=True, out=out)
-    resumed = _cli(tmp_path, *_eval_args(model_dir, data, out, "--resume"))
+        evaluate(_config(model_dir, tmp_path, annotations=str(annotations), stride=2), resume=True, out=out)
+    resumed = _cli(tmp_path, *args, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert "top-1" in resumed.stdout and "clips/s" in resumed.stdout
+    assert out.read_text().startswith(kept)  # the lines written before the kill are kept, the torn tail is gone
     ids = [line["id"] for line in _clip_lines(out)]
-    assert sorted(ids) == sorted(f"clips/clip{i}.mp4" for i in range(len(CLIP_STARTS))) and len(set(ids)) == len(ids)
+    assert sorted(ids) == sorted(f"clips/clip{n}.mp4" for n in range(KILL_CLIPS)) and len(set(ids)) == len(ids)
     reference = tmp_path / "reference.jsonl"
-    evaluate(_config(model_dir, data), out=reference)
+    evaluate(_config(model_dir, tmp_path, annotations=str(annotations)), out=reference)  # one run, batches of 3
     assert _predictions(out) == _predictions(reference)
-    summary = evaluate(_config(model_dir, data), resume=True, out=out)
-    assert summary["metrics"]["clips"] == len(CLIP_STARTS) and len(_clip_lines(out)) == len(CLIP_STARTS)
+    summary = evaluate(config, resume=True, out=out)
+    assert summary["metrics"]["clips"] == KILL_CLIPS and len(_clip_lines(out)) == KILL_CLIPS
 
 
 def test_torchrun_two_processes_match_one(model_dir: Path, data: Path, tmp_path: Path) -> None:
