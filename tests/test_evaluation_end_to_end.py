@@ -23,9 +23,10 @@ import pytest
 import torch
 import transformers
 
+from videotome.cli import main
 from videotome.evaluation import commands
 from videotome.evaluation.datasets import AnnotationError
-from videotome.evaluation.harness import EvalConfig, evaluate
+from videotome.evaluation.harness import EvalConfig, EvaluationError, evaluate
 from videotome.evaluation.results import ResultsError, read_runs
 from videotome.evaluation.video import SamplingConfig, load_preprocessing, preprocess, read_clip
 
@@ -360,7 +361,7 @@ def test_bad_videos_are_recorded_and_the_run_goes_on(model_dir: Path, data: Path
     assert "missing video" in errors["clips/missing.mp4"]
     assert "cannot decode" in errors["clips/junk.mp4"] and errors["clips/truncated.mp4"]
     assert "truncated video" in errors["clips/cut.mp4"]
-    with pytest.raises(commands.EvaluationError, match="junk.mp4.*--strict"):
+    with pytest.raises(EvaluationError, match="junk.mp4.*--strict"):
         evaluate(_config(model_dir, tmp_path, annotations=str(tmp_path / "list.txt"), strict=True),
                  out=tmp_path / "strict.jsonl")
 
@@ -371,7 +372,9 @@ def test_decord_is_only_used_when_installed(model_dir: Path, data: Path, tmp_pat
         evaluate(_config(model_dir, data, decoder="decord"), out=tmp_path / "run.jsonl")
 
 
-def test_malformed_annotations_stop_before_any_work(model_dir: Path, data: Path, tmp_path: Path) -> None:
+def test_malformed_annotations_stop_before_any_work(
+    model_dir: Path, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     (tmp_path / "list.txt").write_text("clips/clip0.mp4 0\nclips/clip1.mp4\n")
     out = tmp_path / "run.jsonl"
     with pytest.raises(AnnotationError, match=r"list.txt:2: expected '<relative/path> <integer label>'"):
@@ -385,11 +388,12 @@ def test_malformed_annotations_stop_before_any_work(model_dir: Path, data: Path,
     with pytest.raises(AnnotationError, match=r"k400.csv:3: class 'yodel' is not one of the model's 5 classes"):
         evaluate(_config(model_dir, data, dataset="k400", annotations=str(tmp_path / "k400.csv")), out=out)
     assert not out.exists()
-    parser = argparse.ArgumentParser()
-    commands.add_commands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(_eval_args(model_dir, data, out)[:-2] + ["--out", str(out)])
-    args.annotations = str(tmp_path / "k400.csv")
-    assert args.func(args) == 2
+    argv = _eval_args(model_dir, data, out)
+    argv[argv.index("--annotations") + 1] = str(tmp_path / "k400.csv")
+    argv[argv.index("--dataset") + 1] = "k400"
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after the weight loader's progress bar
+    assert error.startswith("videotome eval: error:") and "k400.csv:3: class 'yodel'" in error
 
 
 def test_killed_run_resumes_without_loss_or_duplicates(model_dir: Path, data: Path, tmp_path: Path) -> None:
@@ -457,7 +461,7 @@ def test_torchrun_two_processes_match_one(model_dir: Path, data: Path, tmp_path:
 def test_merged_run_and_sweep_and_report(model_dir: Path, data: Path, tmp_path: Path) -> None:
     out = tmp_path / "sweep.jsonl"
     (tmp_path / "sweep.toml").write_text(
-        f'models = ["{model_dir}"]\nr = [0, 2]\nstrategies = ["merge", "drop"]\nout = "{out}"\n'
+        f'models = ["{model_dir}"]\nr = [0, 2]\nstrategy = ["merge", "drop"]\nout = "{out}"\n'
         f'dataset = "csv"\nroot = "{data}"\nannotations = "{data / "list.txt"}"\nbatch_size = 4\nworkers = 0\n'
         "progress = false\n"
     )
@@ -466,13 +470,14 @@ def test_merged_run_and_sweep_and_report(model_dir: Path, data: Path, tmp_path: 
     args = parser.parse_args(["sweep", "--config", str(tmp_path / "sweep.toml")])
     assert args.func(args) == 0
     runs = read_runs(out)
-    assert [(run.settings["r"], run.settings["strategy"]) for run in runs] == [(0, "none"), (2, "merge"), (2, "drop")]
+    merges = [run.settings["merge"] for run in runs]
+    assert [(merge["r"], merge["strategy"]) for merge in merges] == [(0, "merge"), (2, "merge"), (2, "drop")]
     assert all(len(run.records) == len(CLIP_STARTS) for run in runs)
     size = out.stat().st_size
     assert args.func(args) == 0 and out.stat().st_size == size  # everything done: nothing re-run
     paths = [data / "clips" / f"clip{i}.mp4" for i in range(len(CLIP_STARTS))]
     for run in runs[1:]:
-        expected = _direct_top5(model_dir, paths, r=2, strategy=run.settings["strategy"], seed=0)
+        expected = _direct_top5(model_dir, paths, r=2, strategy=run.settings["merge"]["strategy"], seed=0)
         assert [[i for i, _ in run.records[f"clips/clip{n}.mp4"]["top5"]["class"]] for n in range(8)] == expected
     args = parser.parse_args(["report", str(out), "--out", str(tmp_path / "report")])
     assert args.func(args) == 0
