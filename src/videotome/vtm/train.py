@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
+from videotome.errors import VideotomeError
 from videotome.vtm.data import (
     LVU_TASKS,
     SEGMENT_TASKS,
@@ -42,6 +44,7 @@ from videotome.vtm.model import VideoTokenMerger, VTMConfig, vtm_loss
 
 DATASETS = ("synthetic", "lvu", "breakfast", "coin")
 CHECKPOINT = "last.pt"
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "epoch", "rng", "config")
 SYNTHETIC_SPLIT_SEEDS = {"train": 1, "val": 2, "test": 3}
 DATASET_WINDOWS = {"lvu": (6, 30, 60), "breakfast": (8, 32, 64), "coin": (8, 32, 64), "synthetic": (2, 6, 12)}
 
@@ -159,9 +162,30 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer, scheduler, epoch: i
     partial.replace(path)
 
 
+def read_checkpoint(path: str | Path) -> dict:
+    """A checkpoint's state, loaded tensor-only (``weights_only=True``): a file holding anything but tensors and
+    plain data (such as a pickle that would run code) is refused, nothing in it is executed."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise VideotomeError(
+            f"checkpoint {path} refused: it holds objects other than tensors and plain data (or is no torch file)"
+        ) from None
+    except (RuntimeError, EOFError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise VideotomeError(f"checkpoint {path} is not a readable torch file: {reason}") from None
+    missing = [key for key in CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise VideotomeError(f"checkpoint {path} lacks {', '.join(missing)}; expected the last.pt of vtm train")
+    return state
+
+
 def load_model(checkpoint: str | Path) -> tuple[VideoTokenMerger, TrainConfig]:
-    """The trained model (eval mode) and its training configuration from a checkpoint."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    """The trained model (eval mode) and its training configuration from a checkpoint (see :func:`read_checkpoint`)."""
+    state = read_checkpoint(checkpoint)
     config = TrainConfig.from_dict(state["config"])
     model = VideoTokenMerger(config.model)
     model.load_state_dict(state["model"])
@@ -201,7 +225,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     start_epoch = 0
     checkpoint = out / CHECKPOINT
     if resume and checkpoint.exists():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        state = read_checkpoint(checkpoint)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
