@@ -55,3 +55,50 @@ def test_eval_refuses_a_checkpoint_that_would_run_code(tmp_path: Path, capsys) -
 def test_eval_of_a_missing_checkpoint_is_one_line(tmp_path: Path, capsys) -> None:
     missing = tmp_path / "missing.pt"
     assert str(missing) in refused(capsys, "vtm", "eval", "--checkpoint", str(missing))
+
+
+TRAIN = ("vtm", "train", "--threads", "1", "--warmup-epochs", "1", "--max-steps-per-epoch", "1",
+         "--synthetic-videos", "8", "--synthetic-eval-videos", "8", "--batch-size", "4", "--channels", "8", "8", "8",
+         "--heads", "2")
+
+
+def train(capsys, out: Path, *options: str) -> list[int]:
+    """Run ``vtm train`` into ``out`` (must succeed); the epochs of its log."""
+    assert main([*TRAIN, "--out", str(out), *options]) == 0, capsys.readouterr().err
+    return [json.loads(line)["epoch"] for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_a_finished_run_is_refused_unless_overwritten(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    assert train(capsys, out, "--epochs", "1") == [1]
+    checkpoint = (out / "last.pt").read_bytes()
+    line = refused(capsys, *TRAIN, "--out", str(out), "--epochs", "1")
+    assert str(out) in line and "finished" in line and "--overwrite" in line
+    assert (out / "last.pt").read_bytes() == checkpoint
+    assert train(capsys, out, "--epochs", "1", "--overwrite") == [1]
+
+
+def test_more_epochs_continue_a_finished_run(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    assert train(capsys, out, "--epochs", "1") == [1]
+    assert train(capsys, out, "--epochs", "2") == [1, 2]
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 2
+
+
+@pytest.mark.parametrize(("option", "name"), [(("--lr", "0.01"), "lr"), (("--gamma", "4"), "model.gamma"),
+                                              (("--frames", "6", "--windows", "2", "6", "6"), "frames")])
+def test_a_run_with_another_configuration_is_refused(tmp_path: Path, capsys, option: tuple[str, ...],
+                                                     name: str) -> None:
+    out = tmp_path / "run"
+    assert train(capsys, out, "--epochs", "1") == [1]
+    line = refused(capsys, *TRAIN, "--out", str(out), "--epochs", "2", *option)
+    assert f"{name}:" in line and "another configuration" in line
+    assert train(capsys, out, "--epochs", "2") == [1, 2]
+
+
+def test_training_refuses_to_resume_from_a_checkpoint_that_would_run_code(tmp_path: Path, capsys) -> None:
+    marker = tmp_path / "marker"
+    crafted_checkpoint(tmp_path / "run" / "last.pt", marker)
+    line = refused(capsys, *TRAIN, "--out", str(tmp_path / "run"), "--epochs", "1")
+    assert "last.pt" in line and "refused" in line
+    assert not marker.exists()

@@ -143,7 +143,9 @@ def synthetic_config(out: Path, epochs: int) -> TrainConfig:
 def test_resumed_training_matches_uninterrupted(tmp_path: Path) -> None:
     train(synthetic_config(tmp_path / "straight", epochs=3))
     train_until(synthetic_config(tmp_path / "resumed", epochs=3), stop_after=1)
-    train(synthetic_config(tmp_path / "resumed", epochs=3), resume=True)
+    with (tmp_path / "resumed" / "log.jsonl").open("a") as log:
+        log.write('{"epoch": 2, "train_loss": -1.0}\n')  # logged, then stopped before its checkpoint
+    train(synthetic_config(tmp_path / "resumed", epochs=3))
     straight = read_checkpoint(tmp_path / "straight" / "last.pt")
     resumed = read_checkpoint(tmp_path / "resumed" / "last.pt")
     assert resumed["epoch"] == straight["epoch"] == 3
@@ -152,6 +154,7 @@ def test_resumed_training_matches_uninterrupted(tmp_path: Path) -> None:
     assert resumed["scheduler"]["last_epoch"] == straight["scheduler"]["last_epoch"]
     log = (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()
     assert [line.split(",")[0] for line in log] == ['{"epoch": 1', '{"epoch": 2', '{"epoch": 3']
+    assert "-1.0" not in log[1]
 
 
 def train_until(config: TrainConfig, stop_after: int) -> None:

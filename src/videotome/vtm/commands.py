@@ -55,7 +55,8 @@ def add_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--task", help="LVU task, e.g. scene, director, like_ratio")
     parser.add_argument("--frames", type=int, help="frames per sample (60 LVU, 64 Breakfast/COIN, 12 synthetic)")
     parser.add_argument("--out", default="runs/vtm", help="checkpoint and log directory")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if it exists")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh over a run in OUT (an unfinished one is otherwise continued)")
     parser.add_argument("--epochs", type=int, default=70)
     parser.add_argument("--warmup-epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=16, help="per process")
@@ -139,7 +140,7 @@ def model_config(args: argparse.Namespace) -> VTMConfig:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """Train and print the last evaluation as JSON."""
+    """Train (continuing an unfinished run in ``--out``) and print the last evaluation as JSON."""
     from videotome.vtm.train import TrainConfig, train
 
     config = TrainConfig(
@@ -151,7 +152,7 @@ def run_train(args: argparse.Namespace) -> int:
         synthetic_eval_videos=args.synthetic_eval_videos,
         model=model_config(args),
     )
-    metrics = train(config, resume=args.resume)
+    metrics = train(config, overwrite=args.overwrite)
     if metrics:
         print(json.dumps(metrics))
     return 0

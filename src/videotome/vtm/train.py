@@ -1,9 +1,12 @@
 """Training and evaluation of the VTM network on LVU, Breakfast, COIN or the synthetic task.
 
 AdamW (lr 1e-3, weight decay 0.01), batch 16, a cosine schedule after a linear warm-up, stepped per batch.
-Every epoch ends with a checkpoint ``{out}/last.pt`` (model, optimizer, schedule, epoch, random state), so
-``resume=True`` continues an interrupted run where it stopped, with the same batches and random draws as an
-uninterrupted one. Several processes (``torchrun --nproc-per-node N -m videotome vtm train ...``) train with
+Every epoch ends with a line in ``{out}/log.jsonl`` and a checkpoint ``{out}/last.pt`` (model, optimizer, schedule,
+epoch, random state; loaded tensor-only). Training into an ``out`` that holds an unfinished run continues it where it
+stopped, with the same batches and random draws as an uninterrupted one, and drops log lines of epochs after the
+checkpoint, so the log has one line per epoch. A finished run (as many epochs as configured) is refused unless
+``overwrite=True``, which starts afresh; so is a run with another configuration (only ``epochs``, ``out`` and
+``workers`` may change: more epochs extend a finished run). Several processes (``torchrun --nproc-per-node N -m videotome vtm train ...``) train with
 DistributedDataParallel, over gloo on CPUs and NCCL on GPUs; the batch size is per process.
 
 Training takes one random window of ``frames`` frames per video per epoch (LVU) or one random frame per segment
@@ -44,6 +47,8 @@ from videotome.vtm.model import VideoTokenMerger, VTMConfig, vtm_loss
 
 DATASETS = ("synthetic", "lvu", "breakfast", "coin")
 CHECKPOINT = "last.pt"
+LOG = "log.jsonl"
+RESUMABLE_CHANGES = ("epochs", "out", "workers")
 CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "epoch", "rng", "config")
 SYNTHETIC_SPLIT_SEEDS = {"train": 1, "val": 2, "test": 3}
 DATASET_WINDOWS = {"lvu": (6, 30, 60), "breakfast": (8, 32, 64), "coin": (8, 32, 64), "synthetic": (2, 6, 12)}
@@ -206,14 +211,67 @@ def prepare_config(config: TrainConfig) -> TrainConfig:
     return config
 
 
-def train(config: TrainConfig, resume: bool = False) -> dict:
-    """Train, evaluating on ``config.eval_split`` after every epoch; returns the last evaluation."""
+def config_differences(saved: TrainConfig, current: TrainConfig) -> list[str]:
+    """``name: saved -> current`` for each setting that differs, but for :data:`RESUMABLE_CHANGES`."""
+
+    def settings(config: TrainConfig) -> dict:
+        data = config.to_dict()
+        model = data.pop("model")
+        return {**data, **{f"model.{name}": value for name, value in model.items()}}
+
+    before, after = settings(saved), settings(current)
+    return [f"{name}: {before[name]!r} -> {after[name]!r}" for name in before
+            if name not in RESUMABLE_CHANGES and before[name] != after[name]]
+
+
+def previous_run(config: TrainConfig, overwrite: bool, rank: int) -> dict | None:
+    """The checkpoint in ``config.out`` to continue from, or None to start afresh (``overwrite`` removes the old
+    checkpoint and log). A finished run, or one with another configuration, is refused."""
+    out = Path(config.out)
+    checkpoint = out / CHECKPOINT
+    if overwrite:
+        if rank == 0:
+            checkpoint.unlink(missing_ok=True)
+            (out / LOG).unlink(missing_ok=True)
+        return None
+    if not checkpoint.exists():
+        return None
+    state = read_checkpoint(checkpoint)
+    differences = config_differences(TrainConfig.from_dict(state["config"]), config)
+    if differences:
+        raise VideotomeError(f"--out {out} holds a run with another configuration ({'; '.join(differences)}); "
+                             "choose another --out, or --overwrite to replace it")
+    if state["epoch"] >= config.epochs:
+        raise VideotomeError(f"--out {out} holds a finished run ({state['epoch']} of {config.epochs} epochs); "
+                             "--overwrite trains it again, more --epochs continue it")
+    return state
+
+
+def trim_log(path: Path, epochs: int) -> None:
+    """Keep the log lines of the first ``epochs`` epochs: a resumed run writes the later ones again."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["epoch"] <= epochs]
+    partial = path.with_suffix(".partial")
+    partial.write_text("".join(line + "\n" for line in lines))
+    partial.replace(path)
+
+
+def train(config: TrainConfig, overwrite: bool = False) -> dict:
+    """Train, evaluating on ``config.eval_split`` after every epoch; returns the last evaluation.
+
+    An unfinished run in ``config.out`` is continued; ``overwrite`` starts afresh over a finished (or any) one.
+    """
     rank, world = init_distributed()
     torch.manual_seed(config.seed)
     config = prepare_config(config)
     spec = task_spec(config)
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    state = previous_run(config, overwrite, rank)
+    start_epoch = 0 if state is None else state["epoch"]
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        trim_log(out / LOG, start_epoch)
     dataset = build_dataset(config, "train", train=True)
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=config.seed)
     loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers)
@@ -222,15 +280,11 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     total, warmup = config.epochs * steps_per_epoch, config.warmup_epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, total, warmup))
-    start_epoch = 0
-    checkpoint = out / CHECKPOINT
-    if resume and checkpoint.exists():
-        state = read_checkpoint(checkpoint)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
-        start_epoch = state["epoch"]
     network = DistributedDataParallel(model) if world > 1 else model
     metrics: dict = {}
     for epoch in range(start_epoch, config.epochs):
@@ -240,9 +294,9 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         loss = train_epoch(network, loader, optimizer, scheduler, config, spec, steps_per_epoch, rank == 0, epoch)
         if rank == 0:
             metrics = {"epoch": epoch + 1, "train_loss": loss, **evaluate(model, config, config.eval_split)}
-            with (out / "log.jsonl").open("a") as log:
+            with (out / LOG).open("a") as log:
                 log.write(json.dumps(metrics) + "\n")
-            save_checkpoint(checkpoint, model, optimizer, scheduler, epoch + 1, config)
+            save_checkpoint(out / CHECKPOINT, model, optimizer, scheduler, epoch + 1, config)
         if world > 1:
             dist.barrier()
     return metrics
