@@ -102,3 +102,30 @@ def test_training_refuses_to_resume_from_a_checkpoint_that_would_run_code(tmp_pa
     line = refused(capsys, *TRAIN, "--out", str(tmp_path / "run"), "--epochs", "1")
     assert "last.pt" in line and "refused" in line
     assert not marker.exists()
+
+
+def test_lvu_training_names_what_is_missing(tmp_path: Path, capsys) -> None:
+    line = refused(capsys, "vtm", "train", "--dataset", "lvu", "--out", str(tmp_path / "run"))
+    assert "--task" in line and "scene" in line
+    line = refused(capsys, "vtm", "train", "--dataset", "lvu", "--task", "scene", "--out", str(tmp_path / "run"))
+    assert "--root" in line and "--features" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_training_checks_the_windows_against_the_frames(tmp_path: Path, capsys) -> None:
+    line = refused(capsys, *TRAIN, "--out", str(tmp_path / "run"), "--frames", "10")
+    assert "10 frames" in line and "(2, 6, 12)" in line
+
+
+@pytest.mark.parametrize(("windows", "named"), [(("5", "7"), "windows=(5, 7)"), (("4", "8"), "12 frames")])
+def test_bench_checks_the_windows_before_building(capsys, monkeypatch, windows: tuple[str, ...], named: str) -> None:
+    import videotome.vtm.bench as bench
+
+    monkeypatch.setattr(bench, "VideoTokenMerger", None)  # nothing may be built
+    line = refused(capsys, "vtm", "bench", "--shape", "12", "65", "64", "--windows", *windows, "--device", "cpu")
+    assert named in line
+
+
+def test_bench_checks_the_token_grid(capsys) -> None:
+    line = refused(capsys, "vtm", "bench", "--shape", "12", "60", "64", "--windows", "2", "6", "12")
+    assert "60 tokens per frame" in line

@@ -98,6 +98,8 @@ def task_spec(config: TrainConfig) -> TaskSpec:
     if config.dataset == "synthetic":
         return TaskSpec(SyntheticSaliency(1).num_classes)
     if config.dataset == "lvu":
+        if config.task is None:
+            raise ValueError(f"--dataset lvu needs --task, one of {sorted(LVU_TASKS)}")
         if config.task not in LVU_TASKS:
             raise ValueError(f"--task {config.task!r} is not an LVU task; expected one of {sorted(LVU_TASKS)}")
         return LVU_TASKS[config.task]
@@ -198,9 +200,11 @@ def load_model(checkpoint: str | Path) -> tuple[VideoTokenMerger, TrainConfig]:
 
 
 def prepare_config(config: TrainConfig) -> TrainConfig:
-    """Fill in the data-dependent model fields (input channels, outputs) and the frame count."""
+    """Fill in the data-dependent model fields (input channels, outputs) and the frame count, checking the windows
+    against the frames first."""
     spec = task_spec(config)
     config.frames = config.frames or default_frames(config.dataset)
+    config.model.check_frames(config.frames)
     if config.dataset == "synthetic":
         in_channels = SyntheticSaliency(1).channels
     else:
