@@ -129,3 +129,100 @@ def test_bench_checks_the_windows_before_building(capsys, monkeypatch, windows: 
 def test_bench_checks_the_token_grid(capsys) -> None:
     line = refused(capsys, "vtm", "bench", "--shape", "12", "60", "64", "--windows", "2", "6", "12")
     assert "60 tokens per frame" in line
+
+
+def tiny_backbone(directory: Path) -> Path:
+    """A 32-wide DINOv2 with 8-pixel patches saved as a local model directory."""
+    from conftest import tiny_model
+
+    tiny_model("dinov2").save_pretrained(directory)
+    return directory
+
+
+def write_video(path: Path, frames: int = 4) -> Path:
+    """A small decodable MPEG-4 clip at 4 fps."""
+    import av
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=4)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        for index in range(frames):
+            image = np.full((32, 32, 3), 40 * index, dtype=np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+@pytest.fixture
+def no_network(monkeypatch) -> list:
+    """Fail any socket connection; the list holds the addresses tried."""
+    import socket
+
+    tried = []
+
+    def connect(self, address):
+        tried.append(address)
+        raise OSError(f"network used: {address}")
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    return tried
+
+
+def extract(tmp_path: Path, backbone: str | Path, *options: str) -> list[str]:
+    return ["features", "extract", "--backbone", str(backbone), "--videos", str(tmp_path / "videos"), "--out",
+            str(tmp_path / "features"), "--fps", "4", "--image-size", "32", *options]
+
+
+def test_extract_checks_fps_and_the_video_folder_first(tmp_path: Path, capsys) -> None:
+    (tmp_path / "videos").mkdir()
+    line = refused(capsys, *extract(tmp_path, tmp_path / "no-backbone", "--fps", "0"))
+    assert "--fps 0.0" in line
+    (tmp_path / "videos").rmdir()
+    line = refused(capsys, *extract(tmp_path, tmp_path / "no-backbone"))
+    assert f"--videos {tmp_path / 'videos'}" in line
+    assert not (tmp_path / "features").exists()
+
+
+@pytest.mark.parametrize("name", ["missing-dir", "nobody/no-such-backbone"])
+def test_extract_never_downloads_a_backbone(tmp_path: Path, capsys, no_network: list, name: str) -> None:
+    (tmp_path / "videos").mkdir()
+    backbone = str(tmp_path / name) if name == "missing-dir" else name
+    line = refused(capsys, *extract(tmp_path, backbone))
+    assert repr(backbone) in line and "local Hugging Face cache" in line
+    assert no_network == [] and not (tmp_path / "features").exists()
+
+
+def test_extract_loads_a_hub_id_from_the_local_cache(tmp_path: Path, capsys, monkeypatch, no_network: list) -> None:
+    import huggingface_hub
+
+    repo = tmp_path / "hub" / "models--tiny--dinov2"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0123abc")
+    tiny_backbone(repo / "snapshots" / "0123abc")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    write_video(tmp_path / "videos" / "clip.mp4")
+    assert main(extract(tmp_path, "tiny/dinov2")) == 0, capsys.readouterr().err
+    assert (tmp_path / "features" / "clip.safetensors").exists()
+    assert no_network == []
+
+
+def test_a_rerun_keeps_one_failed_line_per_video(tmp_path: Path, capsys) -> None:
+    backbone = tiny_backbone(tmp_path / "backbone")
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "broken.mp4").write_bytes(b"not a video")
+    (videos / "fixed.mp4").write_bytes(b"not a video yet")
+    failed = tmp_path / "features" / "failed.tsv"
+    for _ in range(2):
+        assert main(extract(tmp_path, backbone)) == 1
+        assert sorted(line.split("\t")[0] for line in failed.read_text().splitlines()) == ["broken.mp4", "fixed.mp4"]
+    write_video(videos / "fixed.mp4")
+    assert main(extract(tmp_path, backbone)) == 1
+    assert [line.split("\t")[0] for line in failed.read_text().splitlines()] == ["broken.mp4"]
+    (videos / "broken.mp4").unlink()
+    assert main(extract(tmp_path, backbone)) == 0
+    assert failed.read_text().splitlines()[0].startswith("broken.mp4\t")
+    assert "0 written, 1 already done, 0 failed" in capsys.readouterr().out.splitlines()[-1]

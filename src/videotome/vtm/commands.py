@@ -105,7 +105,9 @@ def add_bench(commands: argparse._SubParsersAction) -> None:
 def add_extract(commands: argparse._SubParsersAction) -> None:
     """``features extract``."""
     parser = commands.add_parser("extract", help="per-frame backbone tokens and motion magnitudes of videos")
-    parser.add_argument("--backbone", required=True, help="Hugging Face model id or local directory (ViT, DINOv2)")
+    parser.add_argument("--backbone", required=True,
+                        help="local model directory, or a Hugging Face id already in the local cache (ViT, DINOv2); "
+                             "nothing is downloaded")
     parser.add_argument("--videos", required=True, type=Path, help="directory of video files")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--fps", type=float, default=1.0)
@@ -192,7 +194,8 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def run_extract(args: argparse.Namespace) -> int:
-    """Extract features; exit code 1 when some video failed (listed in OUT/failed.tsv)."""
+    """Extract features; exit code 1 when some video failed in this run (OUT/failed.tsv lists every video that
+    failed and is not done yet, one line each)."""
     from videotome.vtm.features import FAILED_LIST, extract_directory
 
     written, skipped, failed = extract_directory(
