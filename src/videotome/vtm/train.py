@@ -6,8 +6,9 @@ epoch, random state; loaded tensor-only). Training into an ``out`` that holds an
 stopped, with the same batches and random draws as an uninterrupted one, and drops log lines of epochs after the
 checkpoint, so the log has one line per epoch. A finished run (as many epochs as configured) is refused unless
 ``overwrite=True``, which starts afresh; so is a run with another configuration (only ``epochs``, ``out`` and
-``workers`` may change: more epochs extend a finished run). Several processes (``torchrun --nproc-per-node N -m videotome vtm train ...``) train with
-DistributedDataParallel, over gloo on CPUs and NCCL on GPUs; the batch size is per process.
+``workers`` may change: more epochs extend a finished run). Several processes
+(``torchrun --nproc-per-node N -m videotome vtm train ...``) train with DistributedDataParallel, over gloo on CPUs
+and NCCL on GPUs; the batch size is per process.
 
 Training takes one random window of ``frames`` frames per video per epoch (LVU) or one random frame per segment
 (Breakfast, COIN). Evaluation on LVU slides a ``frames``-frame window over the whole video with stride
