@@ -98,7 +98,7 @@ def add_bench(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--attention", choices=ATTENTION_KERNELS, default="sdpa",
                         help="fused kernels, or the explicit attention matrix (math)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--json", action="store_true", help="print a JSON list, one object per gamma, instead of lines")
     parser.set_defaults(func=run_bench)
 
 
@@ -173,7 +173,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    """Benchmark and print one line (or JSON object) per gamma."""
+    """Benchmark and print one line per gamma, or with ``--json`` a list of one object per gamma."""
     from videotome.vtm.bench import benchmark
 
     results = benchmark(
@@ -181,7 +181,7 @@ def run_bench(args: argparse.Namespace) -> int:
         shape=tuple(args.shape), windows=tuple(args.windows), attention=args.attention, device=args.device,
     )
     if args.json:
-        print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
+        print(json.dumps(results, indent=2))
         return 0
     for row in results:
         print(
