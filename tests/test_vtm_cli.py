@@ -78,6 +78,14 @@ def test_a_finished_run_is_refused_unless_overwritten(tmp_path: Path, capsys) ->
     assert train(capsys, out, "--epochs", "1", "--overwrite") == [1]
 
 
+def test_a_log_that_cannot_be_trimmed_is_refused(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    assert train(capsys, out, "--epochs", "1") == [1]
+    (out / "log.jsonl").write_text("not json\n")
+    line = refused(capsys, *TRAIN, "--out", str(out), "--epochs", "2")
+    assert "log.jsonl" in line and "'not json'" in line
+
+
 def test_more_epochs_continue_a_finished_run(tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     assert train(capsys, out, "--epochs", "1") == [1]

@@ -247,7 +247,7 @@ def previous_run(config: TrainConfig, overwrite: bool, rank: int) -> dict | None
         raise VideotomeError(f"--out {out} holds a run with another configuration ({'; '.join(differences)}); "
                              "choose another --out, or --overwrite to replace it")
     if state["epoch"] >= config.epochs:
-        raise VideotomeError(f"--out {out} holds a finished run ({state['epoch']} of {config.epochs} epochs); "
+        raise VideotomeError(f"--out {out} holds a finished run ({state['epoch']} epochs, --epochs {config.epochs}); "
                              "--overwrite trains it again, more --epochs continue it")
     return state
 
@@ -256,7 +256,16 @@ def trim_log(path: Path, epochs: int) -> None:
     """Keep the log lines of the first ``epochs`` epochs: a resumed run writes the later ones again."""
     if not path.exists():
         return
-    lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["epoch"] <= epochs]
+    lines = []
+    for line in filter(str.strip, path.read_text().splitlines()):
+        try:
+            epoch = json.loads(line)["epoch"]
+        except (ValueError, KeyError, TypeError):
+            raise VideotomeError(
+                f"{path} holds {line[:80]!r}, not an epoch's JSON line; --overwrite replaces it"
+            ) from None
+        if epoch <= epochs:
+            lines.append(line)
     partial = path.with_suffix(".partial")
     partial.write_text("".join(line + "\n" for line in lines))
     partial.replace(path)
