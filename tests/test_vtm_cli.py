@@ -71,10 +71,10 @@ def train(capsys, out: Path, *options: str) -> list[int]:
 def test_a_finished_run_is_refused_unless_overwritten(tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     assert train(capsys, out, "--epochs", "1") == [1]
-    checkpoint = (out / "last.pt").read_bytes()
+    checkpoint, log = (out / "last.pt").read_bytes(), (out / "log.jsonl").read_text()
     line = refused(capsys, *TRAIN, "--out", str(out), "--epochs", "1")
     assert str(out) in line and "finished" in line and "--overwrite" in line
-    assert (out / "last.pt").read_bytes() == checkpoint
+    assert (out / "last.pt").read_bytes() == checkpoint and (out / "log.jsonl").read_text() == log
     assert train(capsys, out, "--epochs", "1", "--overwrite") == [1]
 
 
@@ -201,6 +201,14 @@ def test_extract_never_downloads_a_backbone(tmp_path: Path, capsys, no_network: 
     line = refused(capsys, *extract(tmp_path, backbone))
     assert repr(backbone) in line and "local Hugging Face cache" in line
     assert no_network == [] and not (tmp_path / "features").exists()
+
+
+def test_extract_names_a_backbone_directory_that_does_not_load(tmp_path: Path, capsys, no_network: list) -> None:
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "empty").mkdir()
+    line = refused(capsys, *extract(tmp_path, tmp_path / "empty"))
+    assert repr(str(tmp_path / "empty")) in line and "does not load" in line
+    assert no_network == []
 
 
 def test_extract_loads_a_hub_id_from_the_local_cache(tmp_path: Path, capsys, monkeypatch, no_network: list) -> None:

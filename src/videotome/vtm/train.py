@@ -180,7 +180,7 @@ def read_checkpoint(path: str | Path) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise VideotomeError(
-            f"checkpoint {path} refused: it holds objects other than tensors and plain data (or is no torch file)"
+            f"checkpoint {path} refused: it holds objects other than tensors and plain data (or is not a torch file)"
         ) from None
     except (RuntimeError, EOFError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
@@ -217,7 +217,7 @@ def prepare_config(config: TrainConfig) -> TrainConfig:
 
 
 def config_differences(saved: TrainConfig, current: TrainConfig) -> list[str]:
-    """``name: saved -> current`` for each setting that differs, but for :data:`RESUMABLE_CHANGES`."""
+    """``name: saved -> current`` for each setting that differs, except :data:`RESUMABLE_CHANGES`."""
 
     def settings(config: TrainConfig) -> dict:
         data = config.to_dict()
