@@ -65,13 +65,16 @@ def test_extract_command_is_resumable_and_records_bad_videos(tmp_path: Path, cap
     assert "0 written, 1 already done, 0 failed" in capsys.readouterr().out
 
 
-def test_bench_command_reports_json(capsys) -> None:
+@pytest.mark.parametrize("gammas", [("6",), ("2", "6")])
+def test_bench_command_reports_a_json_list(capsys, gammas: tuple[str, ...]) -> None:
     assert run_cli("vtm", "bench", "--shape", "12", "65", "64", "--windows", "2", "6", "12", "--repeats", "1",
-                   "--warmup", "0", "--attention", "math", "--json") == 0
-    result = json.loads(capsys.readouterr().out)
-    assert set(result) >= {"baseline_samples_per_s", "vtm_samples_per_s", "speedup", "baseline_peak_mb",
-                           "vtm_peak_mb", "memory_reduction"}
-    assert result["vtm_peak_mb"] < result["baseline_peak_mb"]
+                   "--warmup", "0", "--attention", "math", "--gamma", *gammas, "--json") == 0
+    results = json.loads(capsys.readouterr().out)
+    assert isinstance(results, list) and [row["gamma"] for row in results] == [float(g) for g in gammas]
+    for result in results:
+        assert set(result) >= {"baseline_samples_per_s", "vtm_samples_per_s", "speedup", "baseline_peak_mb",
+                               "vtm_peak_mb", "memory_reduction"}
+        assert result["vtm_peak_mb"] < result["baseline_peak_mb"]
 
 
 def test_train_and_eval_commands(tmp_path: Path, capsys) -> None:

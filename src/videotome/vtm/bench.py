@@ -16,14 +16,16 @@ LVU_SHAPE = (60, 197, 1024)
 LVU_WINDOWS = (6, 30, 60)
 
 
-def bench_model(partition: str | None, gamma: float, shape: tuple[int, int, int], windows: tuple[int, ...],
-                attention: str, device: torch.device) -> VideoTokenMerger:
-    """An evaluation-mode model for the benchmark; ``partition`` None is the unmerged baseline."""
+def bench_config(partition: str | None, gamma: float, shape: tuple[int, int, int], windows: tuple[int, ...],
+                 attention: str) -> VTMConfig:
+    """The benchmark's architecture, checked against the token shape; ``partition`` None is the unmerged baseline."""
     config = VTMConfig(
         in_channels=shape[2], num_outputs=10, windows=windows, merge=partition is not None,
         partition=partition or "naive", gamma=gamma, attention=attention,
     )
-    return VideoTokenMerger(config).to(device).eval()
+    config.check_frames(shape[0])
+    config.frame_grid(shape[1])
+    return config
 
 
 def benchmark(
@@ -39,13 +41,17 @@ def benchmark(
     device: str = "cpu",
     seed: int = 0,
 ) -> list[dict[str, float]]:
-    """One result per gamma: samples/s and peak MiB of the baseline and of VTM, their ratio and saving."""
+    """One result per gamma: samples/s and peak MiB of the baseline and of VTM, their ratio and saving.
+
+    The settings are checked (windows that nest and divide the frames, a token grid) before anything is built.
+    """
+    configs = [bench_config(None, 1.0, shape, windows, attention)]
+    configs += [bench_config(partition, gamma, shape, windows, attention) for gamma in gammas]
     torch.manual_seed(seed)
     device = torch.device(device)
     tokens = torch.randn(batch_size, *shape, device=device)
     motion = torch.rand(batch_size, *shape[:2], device=device)
-    models = [bench_model(None, 1.0, shape, windows, attention, device)]
-    models += [bench_model(partition, gamma, shape, windows, attention, device) for gamma in gammas]
+    models = [VideoTokenMerger(config).to(device).eval() for config in configs]
 
     def runner(model: VideoTokenMerger):
         def run() -> None:

@@ -55,7 +55,8 @@ def add_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--task", help="LVU task, e.g. scene, director, like_ratio")
     parser.add_argument("--frames", type=int, help="frames per sample (60 LVU, 64 Breakfast/COIN, 12 synthetic)")
     parser.add_argument("--out", default="runs/vtm", help="checkpoint and log directory")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if it exists")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh over a run in OUT (an unfinished one is otherwise continued)")
     parser.add_argument("--epochs", type=int, default=70)
     parser.add_argument("--warmup-epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=16, help="per process")
@@ -97,14 +98,16 @@ def add_bench(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--attention", choices=ATTENTION_KERNELS, default="sdpa",
                         help="fused kernels, or the explicit attention matrix (math)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--json", action="store_true", help="print a JSON list, one object per gamma, instead of lines")
     parser.set_defaults(func=run_bench)
 
 
 def add_extract(commands: argparse._SubParsersAction) -> None:
     """``features extract``."""
     parser = commands.add_parser("extract", help="per-frame backbone tokens and motion magnitudes of videos")
-    parser.add_argument("--backbone", required=True, help="Hugging Face model id or local directory (ViT, DINOv2)")
+    parser.add_argument("--backbone", required=True,
+                        help="local model directory, or a Hugging Face id already in the local cache (ViT, DINOv2); "
+                             "nothing is downloaded")
     parser.add_argument("--videos", required=True, type=Path, help="directory of video files")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--fps", type=float, default=1.0)
@@ -139,7 +142,7 @@ def model_config(args: argparse.Namespace) -> VTMConfig:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """Train and print the last evaluation as JSON."""
+    """Train (continuing an unfinished run in ``--out``) and print the last evaluation as JSON."""
     from videotome.vtm.train import TrainConfig, train
 
     config = TrainConfig(
@@ -151,7 +154,7 @@ def run_train(args: argparse.Namespace) -> int:
         synthetic_eval_videos=args.synthetic_eval_videos,
         model=model_config(args),
     )
-    metrics = train(config, resume=args.resume)
+    metrics = train(config, overwrite=args.overwrite)
     if metrics:
         print(json.dumps(metrics))
     return 0
@@ -170,7 +173,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    """Benchmark and print one line (or JSON object) per gamma."""
+    """Benchmark and print one line per gamma, or with ``--json`` a list of one object per gamma."""
     from videotome.vtm.bench import benchmark
 
     results = benchmark(
@@ -178,7 +181,7 @@ def run_bench(args: argparse.Namespace) -> int:
         shape=tuple(args.shape), windows=tuple(args.windows), attention=args.attention, device=args.device,
     )
     if args.json:
-        print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
+        print(json.dumps(results, indent=2))
         return 0
     for row in results:
         print(
@@ -191,7 +194,8 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def run_extract(args: argparse.Namespace) -> int:
-    """Extract features; exit code 1 when some video failed (listed in OUT/failed.tsv)."""
+    """Extract features; exit code 1 when some video failed in this run (OUT/failed.tsv lists every video that
+    failed and is not done yet, one line each)."""
     from videotome.vtm.features import FAILED_LIST, extract_directory
 
     written, skipped, failed = extract_directory(

@@ -13,9 +13,12 @@ its area (blocks without vectors, such as intra-coded ones and all of a key fram
 frame's motion is the mean over the decoded frames since the previous sample (key frames included, so motion is
 lower around them). Tokens without a position (class, registers) get the frame's mean patch motion.
 
+The backbone is a local directory or a Hugging Face Hub id already in the local cache: nothing is downloaded.
+
 Output: ``{out}/{video stem}.safetensors`` with ``tokens`` (frames, tokens, channels) and ``motion`` (frames,
-tokens). Finished files are skipped, so an interrupted run resumes; a video that fails is listed in
-``{out}/failed.tsv`` with the error, and skipped.
+tokens). Finished files are skipped, so an interrupted run resumes; a video that fails is skipped and listed in
+``{out}/failed.tsv`` (one line per video: name, tab, error), rewritten after each change: a rerun replaces the
+lines of the videos it retries, drops those now done and keeps those of videos it does not see.
 """
 
 from __future__ import annotations
@@ -34,24 +37,49 @@ from safetensors.torch import save_file
 from torch import Tensor
 from tqdm import tqdm
 
+from videotome.errors import VideotomeError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
 FAILED_LIST = "failed.tsv"
 
 
+def backbone_directory(name: str) -> Path:
+    """The directory of backbone ``name``: itself, or a Hub id's snapshot in the local Hugging Face cache."""
+    if Path(name).is_dir():
+        return Path(name)
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        config = try_to_load_from_cache(name, "config.json")
+    except ValueError:  # not a Hub id either (HFValidationError)
+        config = None
+    if not isinstance(config, str):
+        raise FileNotFoundError(
+            f"--backbone {name!r} is neither a model directory nor a model in the local Hugging Face cache "
+            "(nothing is downloaded)"
+        )
+    return Path(config).parent
+
+
 def load_backbone(name: str) -> tuple[torch.nn.Module, tuple[float, ...], tuple[float, ...], int]:
     """The backbone in eval mode, its normalisation mean and std, and its patch size.
 
-    Local directories load with ``local_files_only=True``; anything else is a hub id resolved from the cache.
+    ``name`` is a local directory or a cached Hub id (see :func:`backbone_directory`), loaded with
+    ``local_files_only=True``.
     """
     from transformers import AutoModel
 
-    local = Path(name).is_dir()
-    model = AutoModel.from_pretrained(name, local_files_only=local).eval()
+    directory = backbone_directory(name)
+    try:
+        model = AutoModel.from_pretrained(directory, local_files_only=True).eval()
+    except (OSError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise VideotomeError(f"--backbone {name!r} does not load from {directory}: {reason}") from None
     mean, std = IMAGENET_MEAN, IMAGENET_STD
-    processor = Path(name) / "preprocessor_config.json"
-    if local and processor.exists():
+    processor = directory / "preprocessor_config.json"
+    if processor.exists():
         settings = json.loads(processor.read_text())
         mean = tuple(settings.get("image_mean", mean))
         std = tuple(settings.get("image_std", std))
@@ -170,16 +198,22 @@ def extract_directory(
     max_frames: int | None = None,
     dtype: torch.dtype = torch.float16,
 ) -> tuple[int, int, int]:
-    """Extract every video of ``videos`` into ``out``; returns (written, skipped as finished, failed)."""
+    """Extract every video of ``videos`` into ``out``; returns (written, skipped as finished, failed).
+
+    The arguments (fps, the video folder, the backbone) are checked before anything is written.
+    """
     if fps <= 0 or not math.isfinite(fps):
-        raise ValueError(f"fps={fps} must be a positive number")
-    out.mkdir(parents=True, exist_ok=True)
+        raise ValueError(f"--fps {fps} must be a positive number")
+    paths = list_videos(videos)
     model, mean, std, patch = load_backbone(backbone)
+    out.mkdir(parents=True, exist_ok=True)
+    failures = read_failures(out / FAILED_LIST)
     written = skipped = failed = 0
-    for path in tqdm(list_videos(videos), desc="features", unit="video"):
+    for path in tqdm(paths, desc="features", unit="video"):
         target = out / f"{path.stem}.safetensors"
         if target.exists():
             skipped += 1
+            record_failure(out / FAILED_LIST, failures, path.name, None)
             continue
         try:
             result = extract_video(
@@ -187,13 +221,36 @@ def extract_directory(
                 max_frames=max_frames,
             )
         except (av.FFmpegError, ValueError, OSError) as error:
-            with (out / FAILED_LIST).open("a") as failures:
-                failures.write(f"{path.name}\t{type(error).__name__}: {error}\n")
+            record_failure(out / FAILED_LIST, failures, path.name, error)
             failed += 1
             continue
         partial = target.with_suffix(".partial")
         metadata = {"backbone": backbone, "fps": str(fps), "image_size": str(image_size)}
         save_file({"tokens": result["tokens"].to(dtype), "motion": result["motion"]}, str(partial), metadata)
         partial.rename(target)
+        record_failure(out / FAILED_LIST, failures, path.name, None)
         written += 1
     return written, skipped, failed
+
+
+def read_failures(path: Path) -> dict[str, str]:
+    """Video name -> error of an earlier run's ``failed.tsv`` (empty when there is none)."""
+    if not path.exists():
+        return {}
+    rows = (line.partition("\t") for line in path.read_text().splitlines() if line.strip())
+    return {name: error for name, _, error in rows}
+
+
+def record_failure(path: Path, failures: dict[str, str], name: str, error: Exception | None) -> None:
+    """Set (or with ``error`` None clear) the failure of video ``name`` and rewrite ``path`` atomically; the file
+    is removed once no failure is left."""
+    if error is not None:
+        failures[name] = " ".join(f"{type(error).__name__}: {error}".split())
+    elif failures.pop(name, None) is None:
+        return
+    if not failures:
+        path.unlink(missing_ok=True)
+        return
+    partial = path.with_suffix(".partial")
+    partial.write_text("".join(f"{video}\t{reason}\n" for video, reason in failures.items()))
+    partial.replace(path)

@@ -93,6 +93,25 @@ class VTMConfig:
         if not 0 <= self.merge_ratio <= 1:
             raise ValueError(f"merge_ratio={self.merge_ratio} must be in [0, 1] (the share of sources merged)")
 
+    def check_frames(self, frames: int) -> None:
+        """Refuse a frame count that the last (largest) window does not divide."""
+        if frames % self.windows[-1]:
+            raise ValueError(f"{frames} frames do not split into windows of {self.windows[-1]} frames "
+                             f"(windows={self.windows}; the last must divide the frame count)")
+
+    def frame_grid(self, per_frame: int) -> tuple[int, int, int]:
+        """(height, width, prefix tokens) of a frame: the configured grid, else a square with 0 or 1 prefix."""
+        if self.grid is not None:
+            height, width = self.grid
+            if per_frame < height * width:
+                raise ValueError(f"{per_frame} tokens per frame cannot hold grid={self.grid}")
+            return height, width, per_frame - height * width
+        for prefix in (0, 1):
+            side = math.isqrt(per_frame - prefix)
+            if side * side == per_frame - prefix:
+                return side, side, prefix
+        raise ValueError(f"{per_frame} tokens per frame is not a square grid (plus a class token); set grid=(H, W)")
+
     @property
     def block_channels(self) -> tuple[int, ...]:
         """Output width of each block (``channels``, or the default halving)."""
@@ -248,12 +267,11 @@ class VideoTokenMerger(nn.Module):
     def initial_state(self, tokens: Tensor, motion: Tensor | None) -> TokenState:
         """Flatten (B, T, N, C) frames into one sequence per video with unit sizes, centrality and motion."""
         batch, frames, per_frame, channels = tokens.shape
-        if frames % self.config.windows[-1]:
-            raise ValueError(f"{frames} frames do not split into windows of {self.config.windows[-1]} frames")
+        self.config.check_frames(frames)
         if channels != self.config.in_channels:
             expected = self.config.in_channels
             raise ValueError(f"tokens have {channels} channels, the model expects in_channels={expected}")
-        height, width, prefix = self.grid(per_frame)
+        height, width, prefix = self.config.frame_grid(per_frame)
         centrality = central_mask(height, width, prefix).to(tokens.device, tokens.dtype)
         centrality = centrality.repeat(frames).expand(batch, -1).unsqueeze(-1)
         size = tokens.new_ones(batch, frames * per_frame, 1)
@@ -262,19 +280,6 @@ class VideoTokenMerger(nn.Module):
                 raise ValueError(f"motion has shape {tuple(motion.shape)}, expected {tuple(tokens.shape[:3])}")
             motion = motion.reshape(batch, -1, 1).to(tokens.dtype)
         return TokenState(tokens.reshape(batch, -1, channels), size, centrality, motion)
-
-    def grid(self, per_frame: int) -> tuple[int, int, int]:
-        """(height, width, prefix tokens) of a frame: the configured grid, else a square with 0 or 1 prefix."""
-        if self.config.grid is not None:
-            height, width = self.config.grid
-            if per_frame < height * width:
-                raise ValueError(f"{per_frame} tokens per frame cannot hold grid={self.config.grid}")
-            return height, width, per_frame - height * width
-        for prefix in (0, 1):
-            side = math.isqrt(per_frame - prefix)
-            if side * side == per_frame - prefix:
-                return side, side, prefix
-        raise ValueError(f"{per_frame} tokens per frame is not a square grid (plus a class token); set grid=(H, W)")
 
     def run_blocks(self, state: TokenState, blocks: nn.ModuleList, frames: int, auxiliary: bool) -> Tensor:
         """The blocks over nested windows, then average pooling: (B, C_out)."""

@@ -1,10 +1,14 @@
 """Training and evaluation of the VTM network on LVU, Breakfast, COIN or the synthetic task.
 
 AdamW (lr 1e-3, weight decay 0.01), batch 16, a cosine schedule after a linear warm-up, stepped per batch.
-Every epoch ends with a checkpoint ``{out}/last.pt`` (model, optimizer, schedule, epoch, random state), so
-``resume=True`` continues an interrupted run where it stopped, with the same batches and random draws as an
-uninterrupted one. Several processes (``torchrun --nproc-per-node N -m videotome vtm train ...``) train with
-DistributedDataParallel, over gloo on CPUs and NCCL on GPUs; the batch size is per process.
+Every epoch ends with a line in ``{out}/log.jsonl`` and a checkpoint ``{out}/last.pt`` (model, optimizer, schedule,
+epoch, random state; loaded tensor-only). Training into an ``out`` that holds an unfinished run continues it where it
+stopped, with the same batches and random draws as an uninterrupted one, and drops log lines of epochs after the
+checkpoint, so the log has one line per epoch. A finished run (as many epochs as configured) is refused unless
+``overwrite=True``, which starts afresh; so is a run with another configuration (only ``epochs``, ``out`` and
+``workers`` may change: more epochs extend a finished run). Several processes
+(``torchrun --nproc-per-node N -m videotome vtm train ...``) train with DistributedDataParallel, over gloo on CPUs
+and NCCL on GPUs; the batch size is per process.
 
 Training takes one random window of ``frames`` frames per video per epoch (LVU) or one random frame per segment
 (Breakfast, COIN). Evaluation on LVU slides a ``frames``-frame window over the whole video with stride
@@ -17,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -27,6 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
+from videotome.errors import VideotomeError
 from videotome.vtm.data import (
     LVU_TASKS,
     SEGMENT_TASKS,
@@ -42,6 +48,9 @@ from videotome.vtm.model import VideoTokenMerger, VTMConfig, vtm_loss
 
 DATASETS = ("synthetic", "lvu", "breakfast", "coin")
 CHECKPOINT = "last.pt"
+LOG = "log.jsonl"
+RESUMABLE_CHANGES = ("epochs", "out", "workers")
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "epoch", "rng", "config")
 SYNTHETIC_SPLIT_SEEDS = {"train": 1, "val": 2, "test": 3}
 DATASET_WINDOWS = {"lvu": (6, 30, 60), "breakfast": (8, 32, 64), "coin": (8, 32, 64), "synthetic": (2, 6, 12)}
 
@@ -90,6 +99,8 @@ def task_spec(config: TrainConfig) -> TaskSpec:
     if config.dataset == "synthetic":
         return TaskSpec(SyntheticSaliency(1).num_classes)
     if config.dataset == "lvu":
+        if config.task is None:
+            raise ValueError(f"--dataset lvu needs --task, one of {sorted(LVU_TASKS)}")
         if config.task not in LVU_TASKS:
             raise ValueError(f"--task {config.task!r} is not an LVU task; expected one of {sorted(LVU_TASKS)}")
         return LVU_TASKS[config.task]
@@ -159,9 +170,30 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer, scheduler, epoch: i
     partial.replace(path)
 
 
+def read_checkpoint(path: str | Path) -> dict:
+    """A checkpoint's state, loaded tensor-only (``weights_only=True``): a file holding anything but tensors and
+    plain data (such as a pickle that would run code) is refused, nothing in it is executed."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise VideotomeError(
+            f"checkpoint {path} refused: it holds objects other than tensors and plain data (or is not a torch file)"
+        ) from None
+    except (RuntimeError, EOFError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise VideotomeError(f"checkpoint {path} is not a readable torch file: {reason}") from None
+    missing = [key for key in CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise VideotomeError(f"checkpoint {path} lacks {', '.join(missing)}; expected the last.pt of vtm train")
+    return state
+
+
 def load_model(checkpoint: str | Path) -> tuple[VideoTokenMerger, TrainConfig]:
-    """The trained model (eval mode) and its training configuration from a checkpoint."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    """The trained model (eval mode) and its training configuration from a checkpoint (see :func:`read_checkpoint`)."""
+    state = read_checkpoint(checkpoint)
     config = TrainConfig.from_dict(state["config"])
     model = VideoTokenMerger(config.model)
     model.load_state_dict(state["model"])
@@ -169,9 +201,11 @@ def load_model(checkpoint: str | Path) -> tuple[VideoTokenMerger, TrainConfig]:
 
 
 def prepare_config(config: TrainConfig) -> TrainConfig:
-    """Fill in the data-dependent model fields (input channels, outputs) and the frame count."""
+    """Fill in the data-dependent model fields (input channels, outputs) and the frame count, checking the windows
+    against the frames first."""
     spec = task_spec(config)
     config.frames = config.frames or default_frames(config.dataset)
+    config.model.check_frames(config.frames)
     if config.dataset == "synthetic":
         in_channels = SyntheticSaliency(1).channels
     else:
@@ -182,14 +216,76 @@ def prepare_config(config: TrainConfig) -> TrainConfig:
     return config
 
 
-def train(config: TrainConfig, resume: bool = False) -> dict:
-    """Train, evaluating on ``config.eval_split`` after every epoch; returns the last evaluation."""
+def config_differences(saved: TrainConfig, current: TrainConfig) -> list[str]:
+    """``name: saved -> current`` for each setting that differs, except :data:`RESUMABLE_CHANGES`."""
+
+    def settings(config: TrainConfig) -> dict:
+        data = config.to_dict()
+        model = data.pop("model")
+        return {**data, **{f"model.{name}": value for name, value in model.items()}}
+
+    before, after = settings(saved), settings(current)
+    return [f"{name}: {before[name]!r} -> {after[name]!r}" for name in before
+            if name not in RESUMABLE_CHANGES and before[name] != after[name]]
+
+
+def previous_run(config: TrainConfig, overwrite: bool, rank: int) -> dict | None:
+    """The checkpoint in ``config.out`` to continue from, or None to start afresh (``overwrite`` removes the old
+    checkpoint and log). A finished run, or one with another configuration, is refused."""
+    out = Path(config.out)
+    checkpoint = out / CHECKPOINT
+    if overwrite:
+        if rank == 0:
+            checkpoint.unlink(missing_ok=True)
+            (out / LOG).unlink(missing_ok=True)
+        return None
+    if not checkpoint.exists():
+        return None
+    state = read_checkpoint(checkpoint)
+    differences = config_differences(TrainConfig.from_dict(state["config"]), config)
+    if differences:
+        raise VideotomeError(f"--out {out} holds a run with another configuration ({'; '.join(differences)}); "
+                             "choose another --out, or --overwrite to replace it")
+    if state["epoch"] >= config.epochs:
+        raise VideotomeError(f"--out {out} holds a finished run ({state['epoch']} epochs, --epochs {config.epochs}); "
+                             "--overwrite trains it again, more --epochs continue it")
+    return state
+
+
+def trim_log(path: Path, epochs: int) -> None:
+    """Keep the log lines of the first ``epochs`` epochs: a resumed run writes the later ones again."""
+    if not path.exists():
+        return
+    lines = []
+    for line in filter(str.strip, path.read_text().splitlines()):
+        try:
+            epoch = json.loads(line)["epoch"]
+        except (ValueError, KeyError, TypeError):
+            raise VideotomeError(
+                f"{path} holds {line[:80]!r}, not an epoch's JSON line; --overwrite replaces it"
+            ) from None
+        if epoch <= epochs:
+            lines.append(line)
+    partial = path.with_suffix(".partial")
+    partial.write_text("".join(line + "\n" for line in lines))
+    partial.replace(path)
+
+
+def train(config: TrainConfig, overwrite: bool = False) -> dict:
+    """Train, evaluating on ``config.eval_split`` after every epoch; returns the last evaluation.
+
+    An unfinished run in ``config.out`` is continued; ``overwrite`` starts afresh over a finished (or any) one.
+    """
     rank, world = init_distributed()
     torch.manual_seed(config.seed)
     config = prepare_config(config)
     spec = task_spec(config)
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    state = previous_run(config, overwrite, rank)
+    start_epoch = 0 if state is None else state["epoch"]
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        trim_log(out / LOG, start_epoch)
     dataset = build_dataset(config, "train", train=True)
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=config.seed)
     loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers)
@@ -198,15 +294,11 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     total, warmup = config.epochs * steps_per_epoch, config.warmup_epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, total, warmup))
-    start_epoch = 0
-    checkpoint = out / CHECKPOINT
-    if resume and checkpoint.exists():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
-        start_epoch = state["epoch"]
     network = DistributedDataParallel(model) if world > 1 else model
     metrics: dict = {}
     for epoch in range(start_epoch, config.epochs):
@@ -216,9 +308,9 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         loss = train_epoch(network, loader, optimizer, scheduler, config, spec, steps_per_epoch, rank == 0, epoch)
         if rank == 0:
             metrics = {"epoch": epoch + 1, "train_loss": loss, **evaluate(model, config, config.eval_split)}
-            with (out / "log.jsonl").open("a") as log:
+            with (out / LOG).open("a") as log:
                 log.write(json.dumps(metrics) + "\n")
-            save_checkpoint(checkpoint, model, optimizer, scheduler, epoch + 1, config)
+            save_checkpoint(out / CHECKPOINT, model, optimizer, scheduler, epoch + 1, config)
         if world > 1:
             dist.barrier()
     return metrics
