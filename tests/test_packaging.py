@@ -1,0 +1,107 @@
+"""What the package declares is true: its Python range, license, dependencies and version."""
+
+from __future__ import annotations
+
+import ast
+import tomllib
+from pathlib import Path
+
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
+ROOT = Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+SOURCES = sorted((ROOT / "src").rglob("*.py"))
+
+#: standard-library modules and names added after Python 3.10, with the version that added them
+NEWER_STDLIB: dict[str, tuple[int, int]] = {
+    "tomllib": (3, 11),
+    "wsgiref.types": (3, 11),
+    "asyncio.TaskGroup": (3, 11),
+    "asyncio.timeout": (3, 11),
+    "contextlib.chdir": (3, 11),
+    "datetime.UTC": (3, 11),
+    "enum.StrEnum": (3, 11),
+    "enum.ReprEnum": (3, 11),
+    "enum.verify": (3, 11),
+    "hashlib.file_digest": (3, 11),
+    "math.cbrt": (3, 11),
+    "math.exp2": (3, 11),
+    "operator.call": (3, 11),
+    "typing.Self": (3, 11),
+    "typing.LiteralString": (3, 11),
+    "typing.Never": (3, 11),
+    "typing.NotRequired": (3, 11),
+    "typing.Required": (3, 11),
+    "typing.TypeVarTuple": (3, 11),
+    "typing.Unpack": (3, 11),
+    "typing.assert_never": (3, 11),
+    "typing.assert_type": (3, 11),
+    "typing.reveal_type": (3, 11),
+    "typing.dataclass_transform": (3, 11),
+    "collections.abc.Buffer": (3, 12),
+    "itertools.batched": (3, 12),
+    "math.sumprod": (3, 12),
+    "types.get_original_bases": (3, 12),
+    "typing.override": (3, 12),
+    "typing.TypeAliasType": (3, 12),
+    "copy.replace": (3, 13),
+    "dbm.sqlite3": (3, 13),
+    "os.process_cpu_count": (3, 13),
+    "typing.ReadOnly": (3, 13),
+    "typing.TypeIs": (3, 13),
+    "warnings.deprecated": (3, 13),
+    "annotationlib": (3, 14),
+    "compression": (3, 14),
+    "string.templatelib": (3, 14),
+}
+
+
+def minimum_python() -> tuple[int, int]:
+    """The lower bound of pyproject's ``requires-python``, as (major, minor)."""
+    bounds = [Version(s.version) for s in SpecifierSet(PYPROJECT["project"]["requires-python"]) if s.operator == ">="]
+    assert len(bounds) == 1, "requires-python should have exactly one >= bound"
+    return bounds[0].major, bounds[0].minor
+
+
+def _dotted(version: tuple[int, int]) -> str:
+    return ".".join(map(str, version))
+
+
+def imported_names(tree: ast.Module) -> list[tuple[int, str]]:
+    """(line, dotted name) of every module and name the tree imports, and of ``module.name`` on a plain import."""
+    found: list[tuple[int, str]] = []
+    plain: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                found.append((node.lineno, alias.name))
+                if "." not in alias.name:
+                    plain[alias.asname or alias.name] = alias.name
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append((node.lineno, node.module))
+            found += [(node.lineno, f"{node.module}.{alias.name}") for alias in node.names]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in plain:
+            found.append((node.lineno, f"{plain[node.value.id]}.{node.attr}"))
+    return found
+
+
+def test_sources_run_on_the_minimum_python():
+    minimum = minimum_python()
+    problems = []
+    for path in SOURCES:
+        name = path.relative_to(ROOT)
+        try:
+            tree = ast.parse(path.read_text(), filename=str(path), feature_version=minimum)
+        except SyntaxError as error:
+            problems.append(f"{name}:{error.lineno}: syntax newer than Python {_dotted(minimum)}: {error.msg}")
+            continue
+        for line, imported in imported_names(tree):
+            added = NEWER_STDLIB.get(imported)
+            if added is not None and added > minimum:
+                problems.append(
+                    f"{name}:{line}: imports {imported}, new in Python {_dotted(added)}; "
+                    f"requires-python allows {_dotted(minimum)}"
+                )
+    assert not problems, "\n".join(problems)
