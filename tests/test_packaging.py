@@ -105,3 +105,19 @@ def test_sources_run_on_the_minimum_python():
                     f"requires-python allows {_dotted(minimum)}"
                 )
     assert not problems, "\n".join(problems)
+
+
+def test_license_file_holds_the_declared_license():
+    project = PYPROJECT["project"]
+    assert project["license"] == "Apache-2.0"
+    assert project["license-files"] == ["LICENSE"]
+    text = (ROOT / "LICENSE").read_text()
+    assert " ".join(text.split()[:7]) == "Apache License Version 2.0, January 2004 http://www.apache.org/licenses/"
+    sections = [
+        "Definitions", "Grant of Copyright License", "Grant of Patent License", "Redistribution",
+        "Submission of Contributions", "Trademarks", "Disclaimer of Warranty", "Limitation of Liability",
+        "Accepting Warranty or Additional Liability",
+    ]
+    for number, title in enumerate(sections, 1):
+        assert f"{number}. {title}." in text
+    assert "END OF TERMS AND CONDITIONS" in text
