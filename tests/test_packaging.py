@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import ast
+import sys
 import tomllib
+from importlib.metadata import packages_distributions
 from pathlib import Path
 
+from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,3 +125,42 @@ def test_license_file_holds_the_declared_license():
     for number, title in enumerate(sections, 1):
         assert f"{number}. {title}." in text
     assert "END OF TERMS AND CONDITIONS" in text
+
+
+#: imports of optional backends that the code uses only when installed, so pyproject leaves them out
+OPTIONAL_IMPORTS = {"decord"}
+
+
+def declared_requirements() -> list[Requirement]:
+    """pyproject's dependencies and its dev extra."""
+    project = PYPROJECT["project"]
+    return [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]]
+
+
+def test_every_imported_distribution_is_declared():
+    declared = {canonicalize_name(r.name) for r in declared_requirements()}
+    distributions = packages_distributions()
+    missing = set()
+    for path in SOURCES:
+        for line, imported in imported_names(ast.parse(path.read_text())):
+            top = imported.partition(".")[0]
+            if top in sys.stdlib_module_names or top in OPTIONAL_IMPORTS or top == "videotome":
+                continue
+            names = {canonicalize_name(d) for d in distributions.get(top, [top])}
+            if not names & declared:
+                missing.add(f"{path.relative_to(ROOT)}:{line}: imports {top} ({', '.join(sorted(names))})")
+    assert not missing, "not declared in pyproject's dependencies:\n" + "\n".join(sorted(missing))
+
+
+def test_constraints_pin_every_declared_dependency_inside_its_range():
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        pin = Requirement(line)
+        (specifier,) = pin.specifier
+        assert specifier.operator == "==", f"constraints.txt: {line!r} is not an exact pin"
+        pins[canonicalize_name(pin.name)] = specifier.version
+    for requirement in declared_requirements():
+        pinned = pins.get(canonicalize_name(requirement.name))
+        assert pinned is not None, f"constraints.txt does not pin {requirement.name}"
+        assert requirement.specifier.contains(pinned), f"constraints.txt pins {pinned}, outside {requirement}"
+
