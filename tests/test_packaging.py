@@ -5,13 +5,18 @@ from __future__ import annotations
 import ast
 import sys
 import tomllib
-from importlib.metadata import packages_distributions
+from importlib.metadata import packages_distributions, requires
 from pathlib import Path
 
+import pytest
+from conftest import tiny_model
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import Version
+
+from videotome import dependencies, patch
+from videotome.errors import VideotomeError
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -164,3 +169,21 @@ def test_constraints_pin_every_declared_dependency_inside_its_range():
         assert pinned is not None, f"constraints.txt does not pin {requirement.name}"
         assert requirement.specifier.contains(pinned), f"constraints.txt pins {pinned}, outside {requirement}"
 
+
+@pytest.fixture
+def installed_transformers(monkeypatch):
+    """Make the check see the given transformers version; its once-per-process cache is cleared around the test."""
+    dependencies.check_transformers.cache_clear()
+    yield lambda installed: monkeypatch.setattr(dependencies, "version", {"transformers": installed}.__getitem__)
+    dependencies.check_transformers.cache_clear()
+
+
+@pytest.mark.parametrize("installed", ["4.57.0", "6.0.0"])
+def test_patch_refuses_a_transformers_outside_the_declared_range(installed_transformers, installed):
+    installed_transformers(installed)
+    (supported,) = [r for r in map(Requirement, requires("videotome")) if r.name == "transformers"]
+    with pytest.raises(VideotomeError) as caught:
+        patch(tiny_model("vit"), r=2)
+    message = str(caught.value)
+    assert f"transformers {installed} is installed" in message and str(supported) in message
+    assert message.endswith("run: pip install -c constraints.txt -e .") and "\n" not in message

@@ -20,6 +20,7 @@ from transformers.modeling_outputs import ModelOutput
 
 from .adapters import ADAPTERS, find_adapter
 from .adapters.base import Adapter, LayerCall, TokenState
+from .dependencies import check_transformers
 from .plan import MergePlan, build_plan
 
 _ATTRIBUTE = "_videotome"
@@ -61,8 +62,10 @@ def patch(
         trace_source: keep the map of which input tokens each output token holds; read it with :func:`sources`.
         seed: makes the random strategies reproducible.
 
-    Patching an already patched model replaces its plan.
+    Patching an already patched model replaces its plan. Raises :class:`~videotome.errors.VideotomeError` when the
+    installed transformers is outside the supported range (the adapters use its internals).
     """
+    check_transformers()
     adapter = find_adapter(model)
     if adapter is None:
         supported = ", ".join(cls.__name__ for a in ADAPTERS for cls in a.classes)
