@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 import sys
 import tomllib
-from importlib.metadata import packages_distributions, requires
+from importlib.metadata import packages_distributions, requires, version
 from pathlib import Path
 
 import pytest
@@ -15,6 +15,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+import videotome
 from videotome import dependencies, patch
 from videotome.errors import VideotomeError
 
@@ -187,3 +188,21 @@ def test_patch_refuses_a_transformers_outside_the_declared_range(installed_trans
     message = str(caught.value)
     assert f"transformers {installed} is installed" in message and str(supported) in message
     assert message.endswith("run: pip install -c constraints.txt -e .") and "\n" not in message
+
+
+def test_version_is_written_once_in_the_package():
+    project = PYPROJECT["project"]
+    assert "version" not in project and "version" in project["dynamic"]
+    assert PYPROJECT["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "videotome.__version__"}
+    init = ast.parse((ROOT / "src" / "videotome" / "__init__.py").read_text())
+    assigned = {
+        target.id: node.value
+        for node in init.body if isinstance(node, ast.Assign)
+        for target in node.targets if isinstance(target, ast.Name)
+    }
+    # a literal (literal_eval refuses anything else), so setuptools reads it without importing the package and torch
+    assert ast.literal_eval(assigned["__version__"]) == videotome.__version__
+
+
+def test_installed_metadata_has_the_package_version():
+    assert version("videotome") == videotome.__version__, "stale install; run: pip install -c constraints.txt -e ."
