@@ -22,7 +22,7 @@ def resolve_model_dir(reference: str | Path) -> Path:
     except (OSError, ValueError) as error:  # not cached, or not a valid Hub id
         raise ValueError(
             f"model {str(reference)!r} is not a local directory nor in the Hugging Face cache; download it first, "
-            f"e.g. huggingface-cli download {reference} --local-dir DIR, and pass DIR"
+            f"e.g. hf download {reference} --local-dir DIR, and pass DIR"
         ) from error
 
 
