@@ -74,8 +74,8 @@ def minimum_python() -> tuple[int, int]:
     return bounds[0].major, bounds[0].minor
 
 
-def _dotted(version: tuple[int, int]) -> str:
-    return ".".join(map(str, version))
+def _dotted(release: tuple[int, int]) -> str:
+    return ".".join(map(str, release))
 
 
 def imported_names(tree: ast.Module) -> list[tuple[int, str]]:
