@@ -4,9 +4,12 @@ import json
 
 import pytest
 from conftest import tiny_model
+from transformers import Dinov2Config, Dinov2Model
 
-from videotome.bench import bench_model
+from videotome import patch
+from videotome.bench import BenchConfig, bench_model, example_input, run_bench
 from videotome.cli import main
+from videotome.plan import MergeSettings
 
 KEYS = {
     "model", "merge", "batch_size", "baseline_clips_per_s", "merged_clips_per_s", "speedup",
@@ -29,3 +32,13 @@ def test_bench_json_on_a_local_checkpoint(tmp_path, capsys, family):
 def test_bench_refuses_an_unknown_model():
     with pytest.raises(ValueError, match="'no-such-model' is neither a built-in name"):
         bench_model("no-such-model")
+
+
+def test_bench_times_a_dinov2_directory_at_its_configured_image_size(tmp_path, one_thread):
+    config = Dinov2Config(image_size=64, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
+    Dinov2Model(config).save_pretrained(tmp_path)
+    result = run_bench(BenchConfig(str(tmp_path), MergeSettings(0.25), repeats=1, warmup=0), progress=False)
+    assert result.tokens_per_layer[0] == (64 // 8) ** 2 + 1
+    model = patch(bench_model(str(tmp_path)), 0.25)
+    pixel_values, _ = example_input(model, 1)
+    assert model(pixel_values=pixel_values).last_hidden_state.shape[1] == result.tokens_per_layer[-1]

@@ -68,11 +68,11 @@ def bench_model(name_or_path: str) -> nn.Module:
 
 
 def example_input(model: nn.Module, batch_size: int) -> tuple[torch.Tensor, int]:
-    """Random pixel values of the model's configured clip shape, and how many clips they hold."""
+    """Random pixel values of the model's configured clip shape (its config's image size, which also sets the token
+    layout that fractional r and ``tokens_per_layer`` come from), and how many clips they hold."""
     config = model.config
     size = config.image_size
     if config.model_type in ("vit", "dinov2"):
-        size = 224 if config.model_type == "dinov2" else size
         return torch.randn(batch_size * IMAGE_FRAMES_PER_CLIP, config.num_channels, size, size), batch_size
     return torch.randn(batch_size, config.num_frames, config.num_channels, size, size), batch_size
 

@@ -19,10 +19,10 @@ def resolve_model_dir(reference: str | Path) -> Path:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(str(reference), local_files_only=True))
-    except (ImportError, OSError, ValueError) as error:  # not cached, or not a valid Hub id
+    except (OSError, ValueError) as error:  # not cached, or not a valid Hub id
         raise ValueError(
             f"model {str(reference)!r} is not a local directory nor in the Hugging Face cache; download it first, "
-            f"e.g. huggingface-cli download {reference} --local-dir DIR, and pass DIR"
+            f"e.g. hf download {reference} --local-dir DIR, and pass DIR"
         ) from error
 
 

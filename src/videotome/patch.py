@@ -19,6 +19,7 @@ from transformers.modeling_outputs import ModelOutput
 
 from .adapters import ADAPTERS, find_adapter
 from .adapters.base import Adapter, LayerCall, TokenState
+from .dependencies import check_transformers
 from .plan import MergePlan, MergeSettings, build_plan, merge_settings
 
 _ATTRIBUTE = "_videotome"
@@ -58,8 +59,10 @@ def patch(
     - ``seed``: the random strategies' seed (default 0); None draws from torch's global generator.
 
     ``trace_source`` keeps the map of which input tokens each output token holds; read it with :func:`sources`.
-    Patching an already patched model replaces its plan.
+    Patching an already patched model replaces its plan. A transformers version outside the tested range is
+    refused here, since the adapters rely on its model classes' internals.
     """
+    check_transformers()
     settings = merge_settings(settings, **options)
     adapter = find_adapter(model)
     if adapter is None:
