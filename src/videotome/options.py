@@ -62,6 +62,13 @@ def _base_type(hint: Any) -> Any:
     return hint
 
 
+def _element_type(hint: Any) -> Any | None:
+    """``X`` of ``tuple[X, ...]`` or ``list[X]`` (a flag taking several values); None for other hints."""
+    if typing.get_origin(hint) in (tuple, list):
+        return typing.get_args(hint)[0]
+    return None
+
+
 def _fields(cls: type) -> Iterator[tuple[dataclasses.Field, Any]]:
     hints = typing.get_type_hints(cls)
     for item in dataclasses.fields(cls):
@@ -98,6 +105,10 @@ def add_options(
             help_text += f" (default: {default})"
         spec: dict[str, Any] = {"dest": item.name, "default": argparse.SUPPRESS, "help": help_text}
         parse = item.metadata.get("parse")
+        element = _element_type(kind)
+        if element is not None:
+            kind = element
+            spec["nargs"] = "+"
         if kind is bool and parse is None and not many:
             spec["action"] = "store_false" if default else "store_true"
         else:
@@ -118,19 +129,30 @@ def add_options(
 
 
 def given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
-    """The fields of ``cls`` (nested dataclasses included, as instances) that the command line set."""
+    """The fields of ``cls`` that the command line set; a nested dataclass's as a dict of its own."""
     values: dict[str, Any] = {}
     for item, kind in _fields(cls):
         if dataclasses.is_dataclass(kind):
-            values[item.name] = kind(**given(args, kind))
+            values[item.name] = given(args, kind)
         elif hasattr(args, item.name):
-            values[item.name] = getattr(args, item.name)
+            value = getattr(args, item.name)
+            values[item.name] = tuple(value) if isinstance(value, list) and _element_type(kind) else value
     return values
 
 
-def from_args(cls: type, args: argparse.Namespace, **overrides: Any) -> Any:
-    """An instance of the dataclass ``cls`` from parsed arguments: given flags, ``overrides``, else its defaults."""
-    return cls(**{**given(args, cls), **overrides})
+def build(cls: type, values: dict[str, Any]) -> Any:
+    """An instance of the dataclass ``cls`` from :func:`given`'s values (nested dicts become their dataclasses);
+    fields not in ``values`` keep their defaults."""
+    kinds = {item.name: kind for item, kind in _fields(cls)}
+    return cls(**{
+        name: build(kinds[name], value) if name in kinds and dataclasses.is_dataclass(kinds[name]) else value
+        for name, value in values.items()
+    })
+
+
+def from_args(cls: type, args: argparse.Namespace) -> Any:
+    """An instance of the dataclass ``cls`` from parsed arguments: the given flags, else its defaults."""
+    return build(cls, given(args, cls))
 
 
 def add_threads_option(parser: argparse.ArgumentParser) -> None:

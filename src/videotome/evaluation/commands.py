@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..distributed import finish_distributed
-from ..options import add_options, given
+from ..options import add_options, from_args
 from ..plan import MergeSettings
 from .harness import EvalConfig, evaluate
 from .report import GROUPINGS, write_report
@@ -101,7 +101,7 @@ def _is_rank_zero() -> bool:
 @_in_process_group
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate one model on one dataset: top-1/top-5 (EPIC-KITCHENS: verb, noun, action) and clips/s."""
-    summary = evaluate(EvalConfig(**given(args, EvalConfig)), resume=args.resume, out=args.out)
+    summary = evaluate(from_args(EvalConfig, args), resume=args.resume, out=args.out)
     if _is_rank_zero():
         print(format_summary(summary))
     return 0

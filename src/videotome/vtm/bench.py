@@ -7,10 +7,13 @@ given shape, interleaved round-robin so that load on a shared machine affects th
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
-from videotome.measure import peak_memory_mb, time_interleaved
-from videotome.vtm.model import VideoTokenMerger, VTMConfig
+from videotome.measure import peak_memory_mb, resolve_device, time_interleaved
+from videotome.vtm.model import ATTENTION_KERNELS, VideoTokenMerger, VTMConfig
+from videotome.vtm.partition import PARTITIONS
 
 LVU_SHAPE = (60, 197, 1024)
 LVU_WINDOWS = (6, 30, 60)
@@ -28,27 +31,45 @@ def bench_config(partition: str | None, gamma: float, shape: tuple[int, int, int
     return config
 
 
-def benchmark(
-    partition: str = "learnable",
-    gammas: tuple[float, ...] = (6.0,),
-    *,
-    batch_size: int = 1,
-    repeats: int = 3,
-    warmup: int = 1,
-    shape: tuple[int, int, int] = LVU_SHAPE,
-    windows: tuple[int, ...] = LVU_WINDOWS,
-    attention: str = "sdpa",
-    device: str = "cpu",
-    seed: int = 0,
-) -> list[dict[str, float]]:
+@dataclass
+class VTMBenchConfig:
+    """One ``videotome vtm bench``: the VTM settings to time against the unmerged baseline, and how."""
+
+    partition: str = field(default="learnable", metadata={"help": "how merge targets are chosen", "choices": PARTITIONS})
+    gamma: tuple[float, ...] = field(default=(6.0,), metadata={"help": "one or more partition factors"})
+    batch_size: int = field(default=1, metadata={"help": "samples per forward pass"})
+    repeats: int = field(default=3, metadata={"help": "timed rounds (median)"})
+    warmup: int = field(default=1, metadata={"help": "untimed rounds first"})
+    shape: tuple[int, ...] = field(
+        default=LVU_SHAPE, metadata={"help": "frames, tokens per frame, channels", "metavar": "N"}
+    )
+    windows: tuple[int, ...] = field(default=LVU_WINDOWS, metadata={"help": "frames per window of each block"})
+    attention: str = field(
+        default="sdpa",
+        metadata={"help": "fused kernels, or the explicit attention matrix (math)", "choices": ATTENTION_KERNELS},
+    )
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda or cuda:N (default: cuda when available)"})
+    seed: int = field(default=0, metadata={"help": "seed of the weights and tokens"})
+
+    def __post_init__(self) -> None:
+        self.gamma, self.shape, self.windows = tuple(self.gamma), tuple(self.shape), tuple(self.windows)
+        if len(self.shape) != 3:
+            raise ValueError(f"shape={self.shape} must be three numbers: frames, tokens per frame, channels")
+
+
+def benchmark(config: VTMBenchConfig) -> list[dict[str, float]]:
     """One result per gamma: samples/s and peak MiB of the baseline and of VTM, their ratio and saving.
 
     The settings are checked (windows that nest and divide the frames, a token grid) before anything is built.
     """
+    partition, gammas, shape, windows, attention = (
+        config.partition, config.gamma, config.shape, config.windows, config.attention
+    )
+    batch_size, seed = config.batch_size, config.seed
     configs = [bench_config(None, 1.0, shape, windows, attention)]
     configs += [bench_config(partition, gamma, shape, windows, attention) for gamma in gammas]
     torch.manual_seed(seed)
-    device = torch.device(device)
+    device = resolve_device(config.device)
     tokens = torch.randn(batch_size, *shape, device=device)
     motion = torch.rand(batch_size, *shape[:2], device=device)
     models = [VideoTokenMerger(config).to(device).eval() for config in configs]
@@ -60,7 +81,7 @@ def benchmark(
         return run
 
     calls = [runner(model) for model in models]
-    seconds = time_interleaved(calls, warmup=warmup, repeats=repeats, device=device, desc="vtm bench")
+    seconds = time_interleaved(calls, warmup=config.warmup, repeats=config.repeats, device=device, desc="vtm bench")
     peaks = [peak_memory_mb(call, device) for call in calls]
     results = []
     for gamma, vtm_seconds, vtm_peak in zip(gammas, seconds[1:], peaks[1:]):

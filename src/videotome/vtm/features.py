@@ -189,8 +189,8 @@ def list_videos(directory: Path) -> list[Path]:
 
 def extract_directory(
     backbone: str,
-    videos: Path,
-    out: Path,
+    videos: str | Path,
+    out: str | Path,
     *,
     fps: float = 1.0,
     image_size: int = 224,
@@ -202,6 +202,7 @@ def extract_directory(
 
     The arguments (fps, the video folder, the backbone) are checked before anything is written.
     """
+    videos, out = Path(videos), Path(out)
     if fps <= 0 or not math.isfinite(fps):
         raise ValueError(f"--fps {fps} must be a positive number")
     paths = list_videos(videos)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
@@ -55,23 +55,37 @@ class VTMConfig:
     attention matrix explicitly, as a plain implementation (and, judging by its memory figures, the paper) does.
     """
 
-    in_channels: int = 1024
-    num_outputs: int = 10
-    channels: tuple[int, ...] | None = None
-    windows: tuple[int, ...] = (6, 30, 60)
-    num_heads: int = 8
-    dropout: float = 0.1
-    merge: bool = True
-    partition: str = "learnable"
-    gamma: float = 6.0
-    merge_ratio: float = 0.8
-    weighted_merge: bool = False
-    grid: tuple[int, int] | None = None
-    sample_with_replacement: bool = False
-    motion_temperature: float = 1.0
-    aux_weights: str = "shared"
-    saliency_bias_scale: float = 1.0
-    attention: str = "sdpa"
+    in_channels: int = field(default=1024, metadata={"cli": False})
+    num_outputs: int = field(default=10, metadata={"cli": False})
+    channels: tuple[int, ...] | None = field(
+        default=None, metadata={"help": "output channels of each block (default: halve twice, then keep)"}
+    )
+    windows: tuple[int, ...] = field(
+        default=(6, 30, 60), metadata={"help": "frames per window of each block (each divides the next)"}
+    )
+    num_heads: int = field(default=8, metadata={"help": "attention heads", "flag": "--heads"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout after attention"})
+    merge: bool = field(default=True, metadata={"help": "the unmerged baseline (same blocks)", "flag": "--no-merge"})
+    partition: str = field(default="learnable", metadata={"help": "how merge targets are chosen", "choices": PARTITIONS})
+    gamma: float = field(default=6.0, metadata={"help": "targets are a 1/gamma share of a window's tokens"})
+    merge_ratio: float = field(default=0.8, metadata={"help": "share of the sources merged (R / |S|)"})
+    weighted_merge: bool = field(default=False, metadata={"help": "size-weighted instead of plain averages"})
+    grid: tuple[int, int] | None = field(default=None, metadata={"cli": False})
+    sample_with_replacement: bool = field(
+        default=False, metadata={"help": "draw sampled targets with replacement (default without)"}
+    )
+    motion_temperature: float = field(default=1.0, metadata={"help": "temperature of the motion partition's softmax"})
+    aux_weights: str = field(
+        default="shared",
+        metadata={"help": "whether the auxiliary path reuses the main path's weights", "choices": AUX_WEIGHTS},
+    )
+    saliency_bias_scale: float = field(
+        default=1.0, metadata={"help": "multiplies the saliency added to the auxiliary attention logits (1 = paper)"}
+    )
+    attention: str = field(
+        default="sdpa",
+        metadata={"help": "fused kernels, or the explicit attention matrix (math)", "choices": ATTENTION_KERNELS},
+    )
 
     def __post_init__(self) -> None:
         self.windows = tuple(self.windows)

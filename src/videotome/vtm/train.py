@@ -52,7 +52,13 @@ LOG = "log.jsonl"
 RESUMABLE_CHANGES = ("epochs", "out", "workers")
 CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "epoch", "rng", "config")
 SYNTHETIC_SPLIT_SEEDS = {"train": 1, "val": 2, "test": 3}
-DATASET_WINDOWS = {"lvu": (6, 30, 60), "breakfast": (8, 32, 64), "coin": (8, 32, 64), "synthetic": (2, 6, 12)}
+#: model settings that depend on the dataset, where the command line leaves them out
+DATASET_MODEL_DEFAULTS: dict[str, dict[str, object]] = {
+    "lvu": {"windows": (6, 30, 60)},
+    "breakfast": {"windows": (8, 32, 64)},
+    "coin": {"windows": (8, 32, 64)},
+    "synthetic": {"windows": (2, 6, 12), "channels": (32, 32, 32), "num_heads": 4},
+}
 
 
 @dataclass
@@ -60,26 +66,29 @@ class TrainConfig:
     """What to train on and how. ``model`` holds the architecture; ``in_channels`` / ``num_outputs`` are set from
     the data."""
 
-    dataset: str = "synthetic"
-    out: str = "runs/vtm"
-    root: str | None = None
-    features: str | None = None
-    task: str | None = None
-    frames: int | None = None
-    epochs: int = 70
-    warmup_epochs: int = 10
-    batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    aux_loss_weight: float = 1.0
-    seed: int = 0
-    workers: int = 0
-    eval_stride: int = 1
-    eval_split: str = "val"
-    max_steps_per_epoch: int | None = None
-    synthetic_videos: int = 1024
-    synthetic_eval_videos: int = 512
-    model: VTMConfig = field(default_factory=VTMConfig)
+    dataset: str = field(default="synthetic", metadata={"help": "features to train on", "choices": DATASETS})
+    out: str = field(default="runs/vtm", metadata={"help": "checkpoint and log directory"})
+    root: str | None = field(default=None, metadata={"help": "split CSVs (LVU: the lvu_1.0 directory)"})
+    features: str | None = field(default=None, metadata={"help": "directory of {video_id}.safetensors files"})
+    task: str | None = field(default=None, metadata={"help": "LVU task, e.g. scene, director, like_ratio"})
+    frames: int | None = field(
+        default=None, metadata={"help": "frames per sample (60 LVU, 64 Breakfast/COIN, 12 synthetic)"}
+    )
+    epochs: int = field(default=70, metadata={"help": "training epochs"})
+    warmup_epochs: int = field(default=10, metadata={"help": "epochs of linear warm-up before the cosine decay"})
+    batch_size: int = field(default=16, metadata={"help": "samples per step, per process"})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    aux_loss_weight: float = field(default=1.0, metadata={"help": "weight of the auxiliary path's loss"})
+    seed: int = field(default=0, metadata={"help": "seed of the weights, the batches and the random draws"})
+    workers: int = field(default=0, metadata={"help": "data loader processes"})
+    eval_stride: int = field(default=1, metadata={"help": "LVU sliding-window stride in evaluation"})
+    eval_split: str = field(default="val", metadata={"help": "split evaluated after each epoch",
+                                                      "choices": ("val", "test")})
+    max_steps_per_epoch: int | None = field(default=None, metadata={"help": "cut epochs short (smoke tests)"})
+    synthetic_videos: int = field(default=1024, metadata={"help": "synthetic training videos"})
+    synthetic_eval_videos: int = field(default=512, metadata={"help": "synthetic validation / test videos"})
+    model: VTMConfig = field(default_factory=VTMConfig, metadata={"help": "model"})
 
     def to_dict(self) -> dict:
         """Plain data for a checkpoint."""
