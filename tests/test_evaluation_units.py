@@ -24,10 +24,13 @@ from videotome.evaluation.video import (
     IMAGENET_STD,
     SamplingConfig,
     load_preprocessing,
+    model_sampling,
+    normalize,
     preprocess,
     preprocessing_from_dict,
     sample_indices,
 )
+from videotome.heads import format_heads, logits_per_head, model_heads
 
 
 def test_dense_sampling_takes_the_centre_and_repeats_the_last_frame() -> None:
@@ -69,13 +72,70 @@ def test_preprocessing_defaults_without_a_config(tmp_path: Path) -> None:
     assert torch.allclose(video[0, :, 8, 8], expected, atol=1e-5)
 
 
+def test_in_memory_normalisation_is_the_file_path_arithmetic_bit_for_bit() -> None:
+    frames = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    for processor in ({"do_resize": False, "do_center_crop": False, "rescale_factor": 1 / 127.5, "offset": True,
+                       "do_normalize": False},
+                      {"do_resize": False, "do_center_crop": False}):
+        pipeline = preprocessing_from_dict(processor, "videomae", 8)
+        in_memory = normalize(torch.from_numpy(frames).permute(0, 3, 1, 2).float().unsqueeze(0), pipeline)[0]
+        assert torch.equal(in_memory, preprocess(frames, pipeline))
+    with pytest.raises(ValueError, match="normalises needs image_mean and image_std"):
+        preprocessing_from_dict({"do_resize": False}, None, 8)
+
+
+def test_checkpoint_settings_are_the_defaults_and_flags_override_them() -> None:
+    from types import SimpleNamespace
+
+    stored = {"heads": "verb:8,noun:10", "sampling": {"frames": 8, "sampling": "uniform", "stride": 1}}
+    testbed = SimpleNamespace(model_type="videomae", num_frames=16, videotome=stored)
+    plain = SimpleNamespace(model_type="videomae", num_frames=16)
+    assert model_sampling(testbed) == SamplingConfig(8, "uniform", 1)
+    assert model_sampling(testbed, frames=4, sampling="dense", stride=2) == SamplingConfig(4, "dense", 2)
+    assert model_sampling(plain) == SamplingConfig(16, "dense", 4)  # the family's defaults
+    assert model_heads(testbed) == {"verb": 8, "noun": 10}
+    assert model_heads(testbed, "a:9,b:9") == {"a": 9, "b": 9}
+    assert model_heads(plain) is None
+    assert format_heads({"verb": 8, "noun": 10}) == "verb:8,noun:10" and format_heads(None) is None
+    output = SimpleNamespace(logits=torch.arange(18.0).view(1, 18))
+    split = logits_per_head(output, model_heads(testbed))
+    assert list(split) == ["verb", "noun"] and torch.equal(split["noun"], torch.arange(8.0, 18.0).view(1, 10))
+    assert list(logits_per_head(output, None)) == ["class"]
+    with pytest.raises(ValueError, match="--heads a:9,b:8 add up to 17 logits but the model has 18"):
+        logits_per_head(output, {"a": 9, "b": 8})
+
+
+def test_csv_list_with_a_header_names_its_heads(tmp_path: Path) -> None:
+    (tmp_path / "labels.csv").write_text("path,verb,noun\nx/a.mp4,3,7\n\nx/b.mp4 0 9\n")
+    samples = load_samples("csv", tmp_path / "labels.csv", tmp_path)
+    assert [(s.id, s.labels) for s in samples] == [
+        ("x/a.mp4", {"verb": 3, "noun": 7}),
+        ("x/b.mp4", {"verb": 0, "noun": 9}),
+    ]
+    assert [s.where for s in samples] == ["line 2", "line 4"]
+    (tmp_path / "short.csv").write_text("path verb noun\nx/a.mp4 3 7\nx/b.mp4 3\n")
+    expected = r"short.csv:3: expected '<relative/path> <integer verb> <integer noun>' \(the header's columns\)"
+    with pytest.raises(AnnotationError, match=expected):
+        load_samples("csv", tmp_path / "short.csv", tmp_path)
+    for header in ("path verb verb", "x/a.mp4 verb", "path 3 noun"):
+        (tmp_path / "header.csv").write_text(f"{header}\nx/a.mp4 3 7\n")
+        with pytest.raises(AnnotationError, match="header.csv:1: expected a header of distinct column names"):
+            load_samples("csv", tmp_path / "header.csv", tmp_path)
+    (tmp_path / "two.txt").write_text("x/a.mp4 3 7\n")
+    with pytest.raises(AnnotationError, match=r"two.txt:1: expected '<relative/path> <integer label>' \(or first"):
+        load_samples("csv", tmp_path / "two.txt", tmp_path)
+    check_labels(samples, {"verb": 8, "noun": 10}, "labels.csv")
+    with pytest.raises(AnnotationError, match="has a 'verb' label but the model's heads are \\['class'\\]"):
+        check_labels(samples, {"class": 18}, "labels.csv")
+
+
 def test_plain_lists_in_every_separator(tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text("x/a.mp4 3\n\nx/b.mp4,1\nx/c.mp4\t0\n")
     samples = load_samples("csv", tmp_path / "a.txt", tmp_path / "videos")
     assert [(s.id, s.labels["class"]) for s in samples] == [("x/a.mp4", 3), ("x/b.mp4", 1), ("x/c.mp4", 0)]
     assert samples[0].path == tmp_path / "videos" / "x" / "a.mp4"
     (tmp_path / "bad.txt").write_text("x/a.mp4 3\nx/b.mp4 one\n")
-    expected = r"bad.txt:2: expected '<relative/path> <integer label>', got 'x/b.mp4 one'"
+    expected = r"bad.txt:2: expected '<relative/path> <integer label>' .*, got 'x/b.mp4 one'"
     with pytest.raises(AnnotationError, match=expected):
         load_samples("csv", tmp_path / "bad.txt", tmp_path)
     (tmp_path / "twice.txt").write_text("x/a.mp4 3\nx/a.mp4 3\n")

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from videotome.cli import build_parser, main
 from videotome.evaluation.results import read_runs
 from videotome.testbed import train as train_module
-from videotome.cli import main
 from videotome.testbed.data import validation_set
 from videotome.testbed.models import (
     ARCHITECTURES,
@@ -22,12 +22,15 @@ from videotome.testbed.models import (
     read_metadata,
     sinusoid_table,
 )
+from videotome.testbed.visualize import frame_steps
 
 ROW_KEYS = {"model", "strategy", "r", "schedule", "divided", "verb", "noun", "action", "clips_per_s", "speedup"}
 
 
 def run(argv: list[str]) -> int:
-    return main(argv)
+    """Run a command with the real parser (--threads included), letting its exceptions through."""
+    args = build_parser().parse_args(argv)
+    return args.func(args)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -55,9 +58,11 @@ def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 def test_generate_writes_the_validation_clips_losslessly(tmp_path: Path) -> None:
     assert run(["testbed", "generate", "--count", "2", "--out", str(tmp_path)]) == 0
-    listing = (tmp_path / "verb.txt").read_text().splitlines()
+    listing = (tmp_path / "labels.csv").read_text().splitlines()
     clips = validation_set(2)
-    assert listing == [f"videos/val-0000{i}.mp4 {int(clips.verb[i])}" for i in range(2)]
+    assert listing == ["path verb noun"] + [
+        f"videos/val-0000{i}.mp4 {int(clips.verb[i])} {int(clips.noun[i])}" for i in range(2)
+    ]
     with av.open(str(tmp_path / "videos" / "val-00001.mp4")) as container:
         frames = np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
     assert np.array_equal(frames, clips.video[1].permute(0, 2, 3, 1).numpy())
@@ -138,3 +143,43 @@ def test_bad_arguments_are_named(capsys: pytest.CaptureFixture[str]) -> None:
         run(["demo", "--threads", "0", "--limit", "1"])
     assert "argument --threads: expected an integer >= 1, got '0'" in capsys.readouterr().err
     assert set(ARCHITECTURES) == {"videomae", "vivit", "timesformer", "motionformer"}
+
+
+def test_demo_refuses_a_limit_below_one_and_missing_checkpoints_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    assert main(["demo", "--limit", "0", "--out", str(out)]) == 2
+    expected = "videotome demo: error: limit must be between 1 and 1024 (validation clips), got 0\n"
+    assert capsys.readouterr().err == expected
+    (tmp_path / "ckpt" / "videomae").mkdir(parents=True)
+    argv = ["demo", "--models", "videomae", "vivit", "--checkpoints", str(tmp_path / "ckpt"), "--out", str(out)]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"videotome demo: error: no testbed checkpoint in {tmp_path / 'ckpt' / 'videomae'} ")
+    assert error.count("\n") == 1 and not out.exists()
+
+
+def test_merges_figure_panels_are_the_frames_each_model_sees() -> None:
+    steps = frame_steps(build_model("timesformer"), 16)  # sees 8 of 16 frames, one token step each
+    assert steps == [None, 0, None, 1, None, 2, None, 3, None, 4, None, 5, None, 6, None, 7]
+    assert frame_steps(build_model("videomae"), 16) == [index // 2 for index in range(16)]  # 2-frame tubelets
+
+
+def test_train_refuses_to_replace_a_finished_run_without_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "model"
+    small = ["--out", str(out), "--steps", "1", "--batch-size", "4", "--eval-clips", "4"]
+    assert main(["testbed", "train", "--arch", "vivit", *small]) == 0
+    capsys.readouterr()
+    assert main(["testbed", "train", "--arch", "videomae", *small]) == 2
+    assert capsys.readouterr().err == (
+        f"videotome testbed train: error: {out} holds a finished vivit run; pass --overwrite to replace it, "
+        "or choose another --out\n"
+    )
+    assert read_metadata(out)["arch"] == "vivit"
+    assert main(["testbed", "train", "--arch", "videomae", *small, "--overwrite"]) == 0
+    assert read_metadata(out)["arch"] == "videomae"
+    assert load_checkpoint(out).config.model_type == "videomae"
+    assert "--overwrite" not in read_metadata(out)["command"]  # the recorded command stays reproducible

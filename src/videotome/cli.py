@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         importlib.import_module(name).add_commands(subparsers)
     for command in _commands(parser):
         add_threads_option(command)
+        command.set_defaults(command_name=command.prog.removeprefix(f"{parser.prog} "))
     return parser
 
 
@@ -50,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         apply_threads(args.threads)
         return int(args.func(args) or 0)
     except EXPECTED_ERRORS as error:
-        print(f"videotome {args.command}: error: {error}", file=sys.stderr)
+        print(f"videotome {args.command_name}: error: {error}", file=sys.stderr)
         return 2
 
 

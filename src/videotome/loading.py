@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
 #: model types whose checkpoints are video classifiers; anything else loads as a backbone (ViT, DINOv2)
 VIDEO_MODEL_TYPES = ("videomae", "vivit", "timesformer", "motionformer")
+#: the ``config.json`` key of a checkpoint's own evaluation defaults: ``{"heads": "verb:8,noun:10", "sampling":
+#: {"frames", "sampling", "stride"}}`` (Hugging Face keeps unknown keys; both parts are optional)
+SETTINGS_KEY = "videotome"
+
+
+def stored_settings(config: Any) -> dict[str, Any]:
+    """The evaluation defaults a checkpoint's config carries under ``SETTINGS_KEY`` ({} when it has none)."""
+    return dict(getattr(config, SETTINGS_KEY, None) or {})
 
 
 def resolve_model_dir(reference: str | Path) -> Path:

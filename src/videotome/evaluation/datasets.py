@@ -72,19 +72,35 @@ def _lookup_class(names: Mapping[str, int], name: str, path: Path, line: int) ->
 
 
 def read_list(annotations: str | Path, root: str | Path) -> list[Sample]:
-    """Read a ``relative/path label`` list (space, comma or tab separated: PySlowFast, VideoMAE, mmaction2)."""
+    """Read a ``relative/path label`` list (space, comma or tab separated: PySlowFast, VideoMAE, mmaction2).
+
+    An optional header line names the columns, the path first: ``path verb noun`` gives each sample a ``verb`` and a
+    ``noun`` label (heads of a multi-head model); without one, the single label is the ``class`` head.
+    """
     path, root = Path(annotations), Path(root)
+    rows = [(number, line) for number, line in enumerate(path.read_text().splitlines(), start=1) if line.strip()]
+    heads = ["class"]
+    expected = "'<relative/path> <integer label>' (or first a header naming the columns, like 'path verb noun')"
+    if rows and not all(re.fullmatch(r"\d+", part) for part in _fields(rows[0][1])[1:]):
+        number, line = rows.pop(0)
+        names = _fields(line)
+        heads = names[1:]
+        if not heads or len(set(heads)) != len(heads) or not all(re.fullmatch(r"[A-Za-z_]\w*", n) for n in names):
+            raise _fail(path, number, f"expected a header of distinct column names like 'path verb noun', got {line!r}")
+        expected = "'<relative/path> " + " ".join(f"<integer {head}>" for head in heads) + "' (the header's columns)"
     samples = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        parts = [p for p in re.split(r"[,\t ]+", line.strip()) if p]
-        if len(parts) != 2 or not re.fullmatch(r"\d+", parts[1]):
-            raise _fail(path, number, f"expected '<relative/path> <integer label>', got {line!r}")
-        samples.append(
-            Sample(id=parts[0], path=root / parts[0], labels={"class": int(parts[1])}, where=f"line {number}")
-        )
+    for number, line in rows:
+        parts = _fields(line)
+        if len(parts) != 1 + len(heads) or not all(re.fullmatch(r"\d+", part) for part in parts[1:]):
+            raise _fail(path, number, f"expected {expected}, got {line!r}")
+        labels = {head: int(value) for head, value in zip(heads, parts[1:])}
+        samples.append(Sample(id=parts[0], path=root / parts[0], labels=labels, where=f"line {number}"))
     return samples
+
+
+def _fields(line: str) -> list[str]:
+    """The fields of a list line, split at commas, tabs and spaces."""
+    return [part for part in re.split(r"[,\t ]+", line.strip()) if part]
 
 
 def _find_video(root: Path, stem: str, folders: list[str]) -> Path:

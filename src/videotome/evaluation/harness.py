@@ -26,6 +26,7 @@ import videotome
 
 from ..distributed import DistContext, broadcast, gather, init_distributed
 from ..errors import VideotomeError
+from ..heads import format_heads, logits_per_head, model_heads, parse_heads
 from ..loading import VIDEO_MODEL_TYPES, load_local_model, resolve_model_dir
 from ..measure import synchronize
 from ..options import typed
@@ -39,8 +40,8 @@ from .video import (
     Preprocessing,
     SamplingConfig,
     check_decoder,
-    family_defaults,
     load_preprocessing,
+    model_sampling,
     preprocess,
     read_clip,
 )
@@ -50,19 +51,6 @@ TOP_K = 5
 
 class EvaluationError(VideotomeError, RuntimeError):
     """An evaluation that cannot start or must stop (bad model, ``--strict`` failure)."""
-
-
-def parse_heads(text: str | None) -> dict[str, int] | None:
-    """Parse ``--heads verb:97,noun:300`` into ordered head sizes."""
-    if not text:
-        return None
-    heads = {}
-    for part in text.split(","):
-        name, _, size = part.partition(":")
-        if not name.strip() or not size.strip().isdigit() or int(size) < 1:
-            raise ValueError(f"--heads expects NAME:SIZE[,NAME:SIZE...] like verb:97,noun:300, got {text!r}")
-        heads[name.strip()] = int(size)
-    return heads
 
 
 def _heads_text(text: str) -> str:
@@ -129,6 +117,7 @@ class LoadedModel:
     config: Any
     sampling: SamplingConfig
     preprocessing: Preprocessing
+    heads: dict[str, int] | None = None
 
 
 def read_model_config(directory: Path) -> dict[str, Any]:
@@ -140,7 +129,8 @@ def read_model_config(directory: Path) -> dict[str, Any]:
 
 
 def load_classifier(config: EvalConfig, device: torch.device) -> LoadedModel:
-    """Load the classifier (a transformers video model or the Motionformer) and its sampling and preprocessing."""
+    """Load the classifier (a transformers video model or the Motionformer) and its sampling, preprocessing and
+    heads (flags first, then the checkpoint's own settings, then the family's defaults)."""
     try:
         directory = resolve_model_dir(config.model)
     except ValueError as error:
@@ -150,16 +140,12 @@ def load_classifier(config: EvalConfig, device: torch.device) -> LoadedModel:
         raise EvaluationError(f"{directory} holds a {model_type!r} model; expected one of {VIDEO_MODEL_TYPES}")
     model = load_local_model(directory)
     model_config = model.config
-    defaults = family_defaults(model_type)
-    sampling = SamplingConfig(
-        frames=config.frames or getattr(model_config, "num_frames", None) or defaults.frames,
-        sampling=config.sampling or defaults.sampling,
-        stride=config.stride or defaults.stride,
-    )
+    sampling = model_sampling(model_config, config.frames, config.sampling, config.stride)
     image_size = getattr(model_config, "image_size", 224)
     image_size = image_size[0] if isinstance(image_size, (list, tuple)) else image_size
     preprocessing = load_preprocessing(directory, model_type, int(image_size))
-    return LoadedModel(model.to(device).eval(), directory, model_type, model_config, sampling, preprocessing)
+    heads = model_heads(model_config, config.heads)
+    return LoadedModel(model.to(device).eval(), directory, model_type, model_config, sampling, preprocessing, heads)
 
 
 def run_settings(config: EvalConfig, loaded: LoadedModel) -> dict[str, Any]:
@@ -173,7 +159,7 @@ def run_settings(config: EvalConfig, loaded: LoadedModel) -> dict[str, Any]:
         "merge": config.merge.canonical().to_dict(),
         "sampling": asdict(loaded.sampling),
         "preprocessing": loaded.preprocessing.to_dict(),
-        "heads": config.heads,
+        "heads": format_heads(loaded.heads),
         "classes": config.classes,
         "decoder": config.decoder,
     }
@@ -241,24 +227,6 @@ def _as_list(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return batch
 
 
-def split_heads(output: Any, heads: dict[str, int] | None) -> dict[str, torch.Tensor]:
-    """Logits per head, from the first of: a ``head_logits`` dict (Motionformer), ``verb_logits``/``noun_logits``,
-    ``logits`` split by ``--heads``, or ``logits`` as the single ``class`` head."""
-    if getattr(output, "head_logits", None):
-        return dict(output.head_logits)
-    if getattr(output, "verb_logits", None) is not None and getattr(output, "noun_logits", None) is not None:
-        return {"verb": output.verb_logits, "noun": output.noun_logits}
-    logits = output.logits
-    if not heads:
-        return {"class": logits}
-    if sum(heads.values()) != logits.shape[-1]:
-        raise EvaluationError(
-            f"--heads {','.join(f'{k}:{v}' for k, v in heads.items())} add up to {sum(heads.values())} "
-            f"logits but the model has {logits.shape[-1]}"
-        )
-    return dict(zip(heads, logits.split(list(heads.values()), dim=-1)))
-
-
 def forward_batch(
     model: torch.nn.Module, pixels: torch.Tensor, heads: dict[str, int] | None
 ) -> tuple[dict[str, torch.Tensor], float]:
@@ -269,7 +237,7 @@ def forward_batch(
         output = model(pixel_values=pixels)
     synchronize(pixels.device)
     seconds = time.perf_counter() - begin
-    return {head: logits.float().softmax(-1).cpu() for head, logits in split_heads(output, heads).items()}, seconds
+    return {head: logits.float().softmax(-1).cpu() for head, logits in logits_per_head(output, heads).items()}, seconds
 
 
 def apply_reduction(model: torch.nn.Module, settings: MergeSettings) -> None:
@@ -316,7 +284,7 @@ def _probe(loaded: LoadedModel, heads: dict[str, int] | None, device: torch.devi
             f"the model rejects clips of {loaded.sampling.frames} frames of {crop[0]}x{crop[1]} "
             f"(check --frames and the preprocessor config): {error}"
         ) from error
-    return {head: logits.shape[-1] for head, logits in split_heads(output, heads).items()}
+    return {head: logits.shape[-1] for head, logits in logits_per_head(output, heads).items()}
 
 
 def _brief(settings: dict[str, Any]) -> dict[str, Any]:
@@ -338,7 +306,7 @@ def evaluate(config: EvalConfig, *, new_runs: bool = False, resume: bool = False
         config.dataset, config.annotations, config.root, class_names_from_id2label(id2label), config.classes
     )
     samples = samples[: config.limit] if config.limit is not None else samples
-    heads = parse_heads(config.heads)
+    heads = loaded.heads
     apply_reduction(loaded.model, config.merge)
     check_labels(samples, _probe(loaded, heads, context.device), config.annotations)
     settings = run_settings(config, loaded)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import VideotomeError
+from ..loading import stored_settings
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -75,6 +76,20 @@ class SamplingConfig:
             raise ValueError(f"stride must be at least 1, got {self.stride}")
 
 
+def model_sampling(
+    config: Any, frames: int | None = None, sampling: str | None = None, stride: int | None = None
+) -> SamplingConfig:
+    """A model's frame sampling: the values given (flags), else those its config stores, else its ``num_frames``
+    and its family's defaults."""
+    stored = stored_settings(config).get("sampling", {})
+    defaults = family_defaults(config.model_type)
+    return SamplingConfig(
+        frames=frames or stored.get("frames") or getattr(config, "num_frames", None) or defaults.frames,
+        sampling=sampling or stored.get("sampling") or defaults.sampling,
+        stride=stride or stored.get("stride") or defaults.stride,
+    )
+
+
 def sample_indices(num_frames: int, config: SamplingConfig) -> list[int]:
     """Return the frame indices of the single view taken from a clip of ``num_frames`` frames."""
     if num_frames < 1:
@@ -118,9 +133,9 @@ def _pair(value: Any, what: str) -> tuple[int, int]:
     raise ValueError(f"{what} must be an integer or {{height, width}}, got {value!r}")
 
 
-def preprocessing_from_dict(processor: dict[str, Any], model_type: str, image_size: int) -> Preprocessing:
-    """Build the pixel pipeline from a ``preprocessor_config.json`` dict (missing keys: the family's defaults)."""
-    defaults = family_defaults(model_type)
+def preprocessing_from_dict(processor: dict[str, Any], model_type: str | None, image_size: int) -> Preprocessing:
+    """Build the pixel pipeline from a ``preprocessor_config.json`` dict (missing keys: the family's defaults;
+    ``model_type`` None for a dict that needs none, one without normalisation or with its mean and std)."""
     shortest_edge, resize_to = None, None
     if processor.get("do_resize", True):
         size = processor.get("size", image_size)
@@ -131,14 +146,20 @@ def preprocessing_from_dict(processor: dict[str, Any], model_type: str, image_si
     crop = _pair(processor.get("crop_size", image_size), "crop_size") if processor.get("do_center_crop", True) else None
     do_rescale = processor.get("do_rescale", True)
     do_normalize = processor.get("do_normalize", True)
+    mean, std = processor.get("image_mean"), processor.get("image_std")
+    if do_normalize and (mean is None or std is None):
+        if model_type is None:
+            raise ValueError(f"a preprocessor config that normalises needs image_mean and image_std, got {processor}")
+        defaults = family_defaults(model_type)
+        mean, std = mean or defaults.mean, std or defaults.std
     return Preprocessing(
         shortest_edge=shortest_edge,
         resize_to=resize_to,
         crop=crop,
         rescale_factor=float(processor.get("rescale_factor", 1 / 255)) if do_rescale else 1.0,
         offset=bool(processor.get("offset", False)) and do_rescale,
-        mean=tuple(processor.get("image_mean", defaults.mean)) if do_normalize else None,
-        std=tuple(processor.get("image_std", defaults.std)) if do_normalize else None,
+        mean=tuple(mean) if do_normalize else None,
+        std=tuple(std) if do_normalize else None,
     )
 
 
@@ -163,12 +184,18 @@ def preprocess(frames: np.ndarray, pipeline: Preprocessing) -> torch.Tensor:
         video = F.interpolate(video, size=size, mode="bilinear", align_corners=False, antialias=True)
     if pipeline.crop is not None:
         video = center_crop(video, pipeline.crop)
+    return normalize(video, pipeline).contiguous()
+
+
+def normalize(video: torch.Tensor, pipeline: Preprocessing) -> torch.Tensor:
+    """Rescale (with the offset) and normalise float ``(..., 3, H, W)`` pixels: the arithmetic of :func:`preprocess`
+    after resize and crop, for clips already in memory."""
     video = video * pipeline.rescale_factor - (1.0 if pipeline.offset else 0.0)
     if pipeline.mean is not None and pipeline.std is not None:
-        mean = torch.tensor(pipeline.mean).view(1, -1, 1, 1)
-        std = torch.tensor(pipeline.std).view(1, -1, 1, 1)
+        mean = torch.tensor(pipeline.mean).view(-1, 1, 1)
+        std = torch.tensor(pipeline.std).view(-1, 1, 1)
         video = (video - mean) / std
-    return video.contiguous()
+    return video
 
 
 def center_crop(video: torch.Tensor, crop: tuple[int, int]) -> torch.Tensor:

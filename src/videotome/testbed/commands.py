@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from .data import VALIDATION_SIZE
 from .models import ARCHITECTURES, CHECKPOINTS
 
 
@@ -26,9 +27,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--save-every", type=int, default=50, help="steps between resumable states")
     train.add_argument("--pool", type=int, default=0, help="clips generated once and reused (0: fresh every step)")
     train.add_argument("--init", default=None, help="start from this checkpoint's weights (fine-tuning)")
+    train.add_argument("--overwrite", action="store_true", help="replace a finished run in OUT (refused without)")
     train.set_defaults(func=_train)
 
-    generate = actions.add_parser("generate", help="write testbed clips as mp4 files and a `path label` list")
+    generate = actions.add_parser("generate", help="write testbed clips as mp4 files and a `path verb noun` list")
     generate.add_argument("--split", choices=("train", "val"), default="val")
     generate.add_argument("--count", type=int, default=64)
     generate.add_argument("--seed", type=int, default=None, help="default (val only): the fixed validation set")
@@ -39,7 +41,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "demo", help="accuracy and speed of token merging on the built-in testbed models (minutes on a CPU)"
     )
     demo.add_argument("--models", nargs="+", choices=ARCHITECTURES, default=list(ARCHITECTURES))
-    demo.add_argument("--limit", type=int, default=None, help="validation clips (default 512, --full 1024)")
+    demo.add_argument("--limit", type=int, default=None, help="validation clips, at least 1 (default 512, --full 1024)")
     demo.add_argument("--out", default="demo_out", help="output directory (default demo_out)")
     demo.add_argument("--full", action="store_true", help="the paper's analyses: schedules, thresholds, aligned")
     demo.add_argument("--batch-size", type=int, default=128, help="clips per forward pass when scoring")
@@ -56,24 +58,24 @@ def _train(args: argparse.Namespace) -> int:
 
     fields = ("arch", "out", "steps", "batch_size", "lr", "weight_decay", "warmup", "seed", "eval_clips",
               "save_every", "pool", "threads", "init")
-    record = train(TrainConfig(**{name: getattr(args, name) for name in fields}))
+    record = train(TrainConfig(**{name: getattr(args, name) for name in fields}), overwrite=args.overwrite)
     print(json.dumps({"arch": record["arch"], "train_seconds": record["train_seconds"],
                       **record["validation_accuracy"]}))
     return 0
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from .export import write_videos
+    from .export import LABELS, write_videos
 
-    listing = write_videos(args.split, args.count, args.seed, args.out)
-    print(f"wrote {args.count} clips and {listing}")
+    out = write_videos(args.split, args.count, args.seed, args.out)
+    print(f"wrote {args.count} clips, {out / LABELS} and {out / 'clips.json'}")
     return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
     from .demo import markdown_table, run_demo, table_json
 
-    limit = args.limit or (1024 if args.full else 512)
+    limit = args.limit if args.limit is not None else (VALIDATION_SIZE if args.full else 512)
     rows = run_demo(
         args.models,
         limit=limit,

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..evaluation.video import normalize, preprocessing_from_dict
+
 VERBS = ("left", "right", "up", "down", "zoom_in", "zoom_out", "rotate_cw", "rotate_ccw")
 NOUNS = tuple(str(digit) for digit in range(10))
 HEADS = {"verb": len(VERBS), "noun": len(NOUNS)}
@@ -31,6 +33,15 @@ VALIDATION_SEED = 1234
 VALIDATION_SIZE = 1024
 PHOTO_DOWNSCALE = 4
 SPRITE_SIDE = 8  # load_digits images are 8x8
+#: every checkpoint's ``preprocessor_config.json``: uint8 pixels to [-1, 1] (x / 127.5 - 1), no resize or crop
+PREPROCESSOR_CONFIG = {
+    "do_resize": False,
+    "do_center_crop": False,
+    "do_rescale": True,
+    "rescale_factor": 1 / 127.5,
+    "offset": True,
+    "do_normalize": False,
+}
 
 
 @dataclass(frozen=True)
@@ -64,8 +75,9 @@ class Clips:
         return int(self.verb.shape[0])
 
     def pixels(self) -> torch.Tensor:
-        """The clips as model input: float32 in [-1, 1] (mean and standard deviation 0.5, as the checkpoints use)."""
-        return self.video.float().div_(127.5).sub_(1.0)
+        """The clips as model input: float32 in [-1, 1], computed as ``videotome eval`` computes it from the video
+        files with the checkpoints' ``PREPROCESSOR_CONFIG``."""
+        return normalize(self.video.float(), preprocessing_from_dict(PREPROCESSOR_CONFIG, None, self.video.shape[-1]))
 
     def take(self, index: slice | torch.Tensor) -> Clips:
         """The clips at ``index`` (a slice or a tensor of positions), every field alike."""

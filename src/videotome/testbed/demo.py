@@ -27,11 +27,12 @@ import videotome
 
 from ..adapters import find_adapter
 from ..evaluation.report import to_markdown
+from ..heads import format_heads, model_heads
 from ..evaluation.tensors import TensorClips, evaluate_tensors
 from ..measure import time_interleaved
 from ..plan import MergeSettings, resolve_r
-from .data import HEADS, validation_set
-from .models import ARCHITECTURES, CHECKPOINTS, load_checkpoint, select_frames
+from .data import VALIDATION_SIZE, validation_set
+from .models import ARCHITECTURES, CHECKPOINTS, load_checkpoint, require_checkpoint, select_frames
 
 DIVIDED_ARCHITECTURES = ("timesformer", "motionformer")
 #: the paper's operating point: share of the initial tokens removed per layer (per frame for divided models)
@@ -142,7 +143,7 @@ def _run_settings(arch: str, model: torch.nn.Module, setting: Setting, clips: in
         "dataset": "testbed",
         "limit": clips,
         "merge": merge_settings_of(setting).to_dict(),
-        "heads": ",".join(f"{name}:{size}" for name, size in HEADS.items()),
+        "heads": format_heads(model_heads(model.config)),
     }
 
 
@@ -165,7 +166,7 @@ def evaluate_model(
     frames = int(model.config.num_frames)
 
     def prepare(pixels: torch.Tensor) -> torch.Tensor:
-        return select_frames(pixels, frames)
+        return select_frames(model, pixels)
 
     timing_input = prepare(clips.pixels[:timing_clips])
 
@@ -190,7 +191,7 @@ def evaluate_model(
             clips,
             _run_settings(arch, model, setting, len(clips.ids)),
             results,
-            heads=HEADS,
+            heads=model_heads(model.config),
             batch_size=batch_size,
             prepare=prepare,
             throughput=throughput,
@@ -241,6 +242,10 @@ def run_demo(
     unknown = [name for name in models if name not in ARCHITECTURES]
     if unknown:
         raise ValueError(f"unknown testbed models {unknown}; expected some of {ARCHITECTURES}")
+    if not 1 <= limit <= VALIDATION_SIZE:
+        raise ValueError(f"limit must be between 1 and {VALIDATION_SIZE} (validation clips), got {limit}")
+    for arch in models:  # every checkpoint is there before any work starts
+        require_checkpoint(arch, checkpoints)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"

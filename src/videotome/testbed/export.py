@@ -1,18 +1,25 @@
-"""Writing testbed clips to disk, so the file-based tools (``videotome eval --dataset csv``) can read them too."""
+"""Writing testbed clips to disk, so the file-based tools (``videotome eval --dataset csv``) can read them too.
+
+``labels.csv`` is the csv format with a header naming its columns (``path verb noun``), so each clip gets a verb
+and a noun label, the heads of the packaged checkpoints: ``videotome eval --model CHECKPOINT --dataset csv --root
+OUT --annotations OUT/labels.csv`` scores them as the demo does in memory.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from .data import NOUNS, VERBS, generate, validation_set
+from .data import HEADS, NOUNS, VERBS, generate, validation_set
 
 FPS = 8
+LABELS = "labels.csv"
 
 
 def write_videos(split: str, count: int, seed: int | None, out: str | Path) -> Path:
-    """Write ``count`` clips as lossless H.264 (RGB) mp4 files under ``out/videos`` with ``verb.txt`` and ``noun.txt``
-    (``relative/path label`` lists) and ``clips.json`` (labels, digit image and sprite track per clip).
+    """Write ``count`` clips as lossless H.264 (RGB) mp4 files under ``out/videos`` with ``labels.csv`` (a ``path verb
+    noun`` header, then one ``relative/path verb noun`` line per clip) and ``clips.json`` (labels, digit image and
+    sprite track per clip).
 
     Returns the directory. Without ``seed``, the validation split gives the first ``count`` clips of the fixed
     validation set (those the demo scores); a training split needs a seed.
@@ -45,7 +52,8 @@ def write_videos(split: str, count: int, seed: int | None, out: str | Path) -> P
                 "track": clips.track[index].tolist(),
             }
         )
-    for head in ("verb", "noun"):
-        (out / f"{head}.txt").write_text("".join(f"{clip['path']} {clip[head]}\n" for clip in described))
+    columns = ["path", *HEADS]
+    lines = [" ".join(columns)] + [" ".join(str(clip[column]) for column in columns) for clip in described]
+    (out / LABELS).write_text("\n".join(lines) + "\n")
     (out / "clips.json").write_text(json.dumps({"split": split, "seed": seed, "clips": described}) + "\n")
     return out

@@ -3,8 +3,9 @@
 Every step draws a new batch from the generator (seeded by the run's seed and the step), or from a pool generated
 once from the seed and reshuffled every pass (``pool``), so a resumed run continues exactly where it stopped. The
 resumable state (``training_state.pt``: weights, optimiser, step, elapsed time) is saved every ``save_every`` steps
-and removed once the run finishes. The finished model is written with ``save_pretrained`` (safetensors and
-config.json) plus ``testbed.json``: the command, seed, accuracy and time.
+and removed once the run finishes. The finished model is written with ``save_checkpoint`` (safetensors, config.json
+and the preprocessor config) plus ``testbed.json``: the command, seed, accuracy and time. A finished run in the
+output directory is only replaced when asked (``overwrite``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,15 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .data import HEADS, Clips, ClipSpec, generate, validation_set
-from .models import ARCHITECTURES, METADATA, build_model, head_logits, load_checkpoint, read_metadata
+from .models import (
+    ARCHITECTURES,
+    METADATA,
+    build_model,
+    head_logits,
+    load_checkpoint,
+    read_metadata,
+    save_checkpoint,
+)
 
 STATE_FILE = "training_state.pt"
 #: seed offset per step, so every step's batch is its own generator seed
@@ -160,11 +169,24 @@ def _start_from(model: torch.nn.Module, directory: str) -> dict[str, Any]:
     return read_metadata(directory)
 
 
-def train(config: TrainConfig) -> dict[str, Any]:
-    """Train (or resume) one testbed model into ``config.out``; return its ``testbed.json`` record."""
+def check_output(out: Path, overwrite: bool) -> None:
+    """Refuse to train over a finished run (config.json and testbed.json, no resumable state) unless ``overwrite``;
+    an unfinished one is resumed."""
+    finished = (out / "config.json").is_file() and (out / METADATA).is_file() and not (out / STATE_FILE).exists()
+    if finished and not overwrite:
+        arch = read_metadata(out).get("arch", "unknown")
+        raise ValueError(f"{out} holds a finished {arch} run; pass --overwrite to replace it, or choose another --out")
+
+
+def train(config: TrainConfig, *, overwrite: bool = False) -> dict[str, Any]:
+    """Train (or resume) one testbed model into ``config.out``; return its ``testbed.json`` record.
+
+    A finished run already in ``config.out`` is refused unless ``overwrite``.
+    """
+    out = Path(config.out)
+    check_output(out, overwrite)
     if config.threads:
         torch.set_num_threads(config.threads)
-    out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     spec = ClipSpec()
@@ -196,7 +218,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     seconds = time.perf_counter() - begin
     accuracy = validation_accuracy(model, config.eval_clips)
     model.eval()
-    model.save_pretrained(out)
+    save_checkpoint(model, out)
     record = {
         "arch": config.arch,
         "command": config.command(),

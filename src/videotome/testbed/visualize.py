@@ -11,7 +11,7 @@ import torch
 
 import videotome
 
-from .models import CHECKPOINTS, load_checkpoint, select_frames
+from .models import CHECKPOINTS, frame_indices, load_checkpoint, select_frames
 
 
 def _pyplot() -> Any:
@@ -80,11 +80,24 @@ def paint(owners: np.ndarray, grid: np.ndarray, step: int, shape: tuple[int, int
     return overlay
 
 
+def frame_steps(model: torch.nn.Module, total: int) -> list[int | None]:
+    """For each frame of a ``total``-frame clip, the time step of the model's token grid it feeds, or None when the
+    model does not see it (TimeSformer sees 8 of 16); a tubelet of several frames feeds one step."""
+    tubelet = getattr(model.config, "tubelet_size", 1)
+    tubelet = int(tubelet[0] if isinstance(tubelet, (list, tuple)) else tubelet)
+    steps: list[int | None] = [None] * total
+    for position, frame in enumerate(frame_indices(model, total)):
+        if steps[frame] is None:
+            steps[frame] = position // tubelet
+    return steps
+
+
 def plot_merges(
     models: Sequence[str], clip: torch.Tensor, path: Path, checkpoints: str | Path = CHECKPOINTS
 ) -> Path:
     """One validation clip, every frame, each final token of the merged model (paper's operating point, merge,
-    constant schedule) painted in its own colour over the patches it holds; one row per model."""
+    constant schedule) painted in its own colour over the patches it holds; one row per model. Frames a model does
+    not see are drawn faded, titled "not seen" (TimeSformer sees every second frame)."""
     from .demo import Setting, is_divided, operating_r, patched_copy
 
     plt = _pyplot()
@@ -95,21 +108,20 @@ def plot_merges(
         model = load_checkpoint(arch, checkpoints)
         setting = Setting(operating_r(model, arch), "merge", "constant", "per_frame" if is_divided(arch) else None)
         merged = patched_copy(model, setting, trace_source=True)
-        frames = int(model.config.num_frames)
-        shown = torch.linspace(0, total_frames - 1, frames).round().long().tolist()
-        owners, grid = token_owners(merged, select_frames(clip.unsqueeze(0), frames)[0])
-        tubelet = getattr(model.config, "tubelet_size", 1)
-        tubelet = tubelet[0] if isinstance(tubelet, (list, tuple)) else int(tubelet)
+        owners, grid = token_owners(merged, select_frames(model, clip.unsqueeze(0))[0])
         patch = clip.shape[-1] // (int(grid[:, 2].max()) + 1)
-        for index, axis in enumerate(axes_row):
+        for index, (axis, step) in enumerate(zip(axes_row, frame_steps(model, total_frames))):
             axis.axis("off")
-            if index not in shown:
+            picture = ((clip[index].permute(1, 2, 0).numpy() + 1) / 2).clip(0, 1)
+            if step is None:
+                axis.imshow(picture, interpolation="nearest", alpha=0.25)
+                axis.set_title(f"{index}: not seen", fontsize=5)
                 continue
-            picture = (clip[index].permute(1, 2, 0).numpy() + 1) / 2
-            axis.imshow(picture.clip(0, 1), interpolation="nearest")
-            step = shown.index(index) // tubelet
+            axis.imshow(picture, interpolation="nearest")
             axis.imshow(paint(owners, grid, step, picture.shape[:2], patch), interpolation="nearest")
-        axes_row[0].set_title(f"{arch} (r={setting.r})", fontsize=7, loc="left")
+            axis.set_title(f"{index}", fontsize=5)
+        axes_row[0].annotate(f"{arch} (r={setting.r})", (-0.08, 0.5), xycoords="axes fraction", rotation=90,
+                             ha="right", va="center", fontsize=6)
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)
