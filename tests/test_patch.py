@@ -55,17 +55,19 @@ def test_adapter_block_equals_the_models_own_block(family):
 # time, from the models' own modules (embeddings, norms, projections, MLPs); nothing from videotome.
 
 
-def _heads(projection, h: torch.Tensor, heads: int) -> torch.Tensor:
+def _heads(projection: torch.nn.Module, h: torch.Tensor, heads: int) -> torch.Tensor:
     """One projection of a sequence h (tokens, C), split into heads: (heads, tokens, C / heads)."""
     return projection(h).view(h.shape[0], heads, -1).transpose(0, 1)
 
 
-def _fused_heads(qkv, h: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _fused_heads(qkv: torch.nn.Module, h: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Queries, keys and values (heads, tokens, C / heads) from one fused Linear laid out as [q | k | v]."""
     return tuple(part.transpose(0, 1) for part in qkv(h).view(h.shape[0], 3, heads, -1).unbind(1))
 
 
-def _attention(q, k, v, size: torch.Tensor, prop_attn: bool) -> torch.Tensor:
+def _attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, size: torch.Tensor, prop_attn: bool
+) -> torch.Tensor:
     """softmax(q k^T / sqrt(d) [+ log size of every key]) v of one sequence: (heads, tokens, d) -> (tokens, C)."""
     logits = q @ k.transpose(1, 2) / math.sqrt(q.shape[-1])
     if prop_attn:
@@ -109,7 +111,7 @@ def _merge(x: torch.Tensor, size: torch.Tensor, matching: dict[int, int]) -> tup
     return torch.stack(rows), torch.stack(sizes)
 
 
-def _joint_block(family: str, layer):
+def _joint_block(family: str, layer: torch.nn.Module) -> tuple:
     """A joint family's block as (norm before attention, q/k/v projections, attention branch on the heads'
     output, MLP branch on the residual stream)."""
     if family == "videomae":
@@ -132,7 +134,9 @@ def _joint_block(family: str, layer):
     return layer.layernorm_before, projections, attention.o_proj, lambda x: layer.mlp(layer.layernorm_after(x))
 
 
-def _naive_joint(model, family: str, pixel_values, schedule, prop_attn: bool):
+def _naive_joint(
+    model: torch.nn.Module, family: str, pixel_values: torch.Tensor, schedule: list[int], prop_attn: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Main output and final (un-normalised) tokens of a joint model (VideoMAE, ViViT, ViT, DINOv2), sample by
     sample."""
     class_token = family != "videomae"
@@ -164,7 +168,9 @@ def _naive_joint(model, family: str, pixel_values, schedule, prop_attn: bool):
     return torch.stack(outputs), torch.stack(finals)
 
 
-def _merge_frames(tokens, sizes, keys, r: int, divided: str):
+def _merge_frames(
+    tokens: torch.Tensor, sizes: torch.Tensor, keys: torch.Tensor, r: int, divided: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Merge each frame's tokens (frames, count, C) with sizes (frames, count): every frame matched on its own keys
     (per_frame), or all frames on the frame-averaged keys (aligned)."""
     shared = _match(keys.mean(0), r, protect_first=False) if divided == "aligned" else None
@@ -175,7 +181,9 @@ def _merge_frames(tokens, sizes, keys, r: int, divided: str):
     return torch.stack([x for x, _ in merged]), torch.stack([s for _, s in merged])
 
 
-def _naive_timesformer(model, pixel_values, schedule, prop_attn: bool, divided: str):
+def _naive_timesformer(
+    model: torch.nn.Module, pixel_values: torch.Tensor, schedule: list[int], prop_attn: bool, divided: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and final tokens of a TimeSformer: per patch slot temporal attention over frames, then per frame
     spatial attention with a copy of the class token, merging per frame, the MLP; tokens patch-major."""
     base, heads, frames = model.timesformer, model.config.num_attention_heads, model.config.num_frames
@@ -216,7 +224,9 @@ def _naive_timesformer(model, pixel_values, schedule, prop_attn: bool, divided: 
     return torch.stack(outputs), torch.stack(finals)
 
 
-def _naive_motionformer(model, pixel_values, schedule, prop_attn: bool, divided: str):
+def _naive_motionformer(
+    model: torch.nn.Module, pixel_values: torch.Tensor, schedule: list[int], prop_attn: bool, divided: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and final tokens of a Motionformer: trajectory attention (the model's own module, checked against a
     naive loop in test_motionformer_model.py) with log sizes in frame-major order, merging per frame, the MLP."""
     base, heads, frames = model.motionformer, model.config.num_attention_heads, model.config.num_temporal_tokens
@@ -242,7 +252,7 @@ def _naive_motionformer(model, pixel_values, schedule, prop_attn: bool, divided:
 SCHEDULES = ([2, 2, 2], [5, 0, 3], [100, 100, 100])
 
 
-def _double_model(family: str):
+def _double_model(family: str) -> torch.nn.Module:
     """The family's tiny model in float64; DINOv2's LayerScale gets a different random factor per channel."""
     model = tiny_model(family).double()
     if family == "dinov2":
@@ -253,7 +263,13 @@ def _double_model(family: str):
     return model
 
 
-def _assert_patched_model_matches(model, pixel_values, schedule, expected, **options) -> None:
+def _assert_patched_model_matches(
+    model: torch.nn.Module,
+    pixel_values: torch.Tensor,
+    schedule: list[int],
+    expected: tuple[torch.Tensor, torch.Tensor],
+    **options: object,
+) -> None:
     """The patched model's main output and last block's tokens equal the naive computation's."""
     outputs, finals = expected
     videotome.patch(model, 0, schedule=schedule, **options)
