@@ -158,3 +158,27 @@ def test_half_precision_merging_does_not_overflow():
     x = torch.full((1, 16, 2), 60000.0, dtype=torch.float16)
     out, _ = merge.merge_wavg(merge.bipartite_soft_matching(metric, 8), x, torch.full((1, 16, 1), 4.0))
     assert out.dtype == torch.float16 and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_merge_is_the_exact_merge_to_within_rounding(dtype):
+    """fp16/bf16 features merge to the exact size-weighted means of the (rounded) inputs within the rounding the
+    formula allows; sizes stay exact, in float32, even where the half type cannot hold them (bf16 above 256)."""
+    generator = torch.Generator().manual_seed(0)
+    metric = torch.randn(3, 33, 8, generator=generator)
+    x = torch.randn(3, 33, 16, generator=generator).to(dtype)
+    size = torch.randint(1, 2000, (3, 33, 1), generator=generator).float()
+    reduction = merge.bipartite_soft_matching(metric, 12, protect_first=True)
+    out, new_size = merge.merge_wavg(reduction, x, size)
+
+    held = merge.merge_source(reduction, None, 33).double() * size.double().transpose(1, 2)  # patches of each input
+    expected_size = held.sum(-1, keepdim=True)
+    expected = held @ x.double() / expected_size
+    assert out.dtype == dtype and out.shape == (3, 33 - 12, 16)
+    assert new_size.dtype == torch.float32 and torch.equal(new_size.double(), expected_size)
+    # a token averaging m inputs rounds m + 1 weights, m products and m sums, each to half an epsilon of the largest
+    # input: at most (3m + 1) / 2 epsilons of it
+    members = (held > 0).sum(-1, keepdim=True)
+    bound = (3 * members + 1) / 2 * torch.finfo(dtype).eps * x.abs().amax(dim=(1, 2), keepdim=True).double()
+    assert ((out.double() - expected).abs() <= bound).all()
+    assert members.max() > 2  # some tokens really average several inputs

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
 import pytest
 import torch
 
+import videotome
 from videotome.cli import build_parser, main
 from videotome.evaluation.results import read_runs
 from videotome.testbed import train as train_module
-from videotome.testbed.data import validation_set
+from videotome.testbed.data import Clips, validation_set
+from videotome.testbed.demo import run_demo
 from videotome.testbed.models import (
-    ARCHITECTURES,
     build_model,
     checkpoint_dir,
+    head_logits,
     load_checkpoint,
     read_metadata,
     sinusoid_table,
@@ -45,7 +48,6 @@ def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert run([*argv, "--out", str(out), "--json", "--no-progress"]) == 0
     rows = json.loads(capsys.readouterr().out)["rows"]
     assert len(rows) == 10 and all(ROW_KEYS <= set(row) for row in rows)
-    assert [row["strategy"] for row in rows[:5]] == ["none", "merge", "drop", "random_drop", "random_merge"]
     assert {row["r"] for row in rows if row["model"] == "videomae" and row["r"]} == {12}  # 9.6% of 128 tokens
     assert {row["r"] for row in rows if row["model"] == "timesformer" and row["r"]} == {1}  # 18/196 of 16 per frame
     assert all(row["divided"] == "per_frame" for row in rows if row["model"] == "timesformer" and row["r"])
@@ -54,6 +56,32 @@ def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     runs = read_runs(out / "results.jsonl")
     assert len(runs) == 10 and all(len(run.records) == 16 for run in runs)
     assert "| videomae | merge | 12 | constant |" in (out / "table.md").read_text()
+    clips = validation_set(16)
+    for arch in models:
+        model = load_checkpoint(arch)
+        model_rows = [row for row in rows if row["model"] == arch]
+        assert [row["strategy"] for row in model_rows] == ["none", "merge", "drop", "random_drop", "random_merge"]
+        baseline = model_rows[0]
+        assert baseline["r"] == 0 and baseline["speedup"] == 1.0
+        for row in model_rows:
+            assert row["speedup"] == pytest.approx(row["clips_per_s"] / baseline["clips_per_s"])
+            recorded = {key: row[key] for key in ("verb", "noun", "action")}
+            assert row_accuracy(model, row, clips) == pytest.approx(recorded)
+
+
+def row_accuracy(model: torch.nn.Module, row: dict[str, Any], clips: Clips) -> dict[str, float]:
+    """Verb, noun and action accuracy of ``model`` with a demo row's setting (unpatched for r = 0), scored directly
+    on ``clips`` (one batch, as the demo scores 16 clips, with its seed for the random strategies)."""
+    videotome.unpatch(model)
+    if row["r"]:
+        videotome.patch(model, row["r"], schedule=row["schedule"], strategy=row["strategy"],
+                        divided=row["divided"] or "per_frame", seed=0)
+    with torch.inference_mode():
+        logits = head_logits(model, clips.pixels())
+    verb = logits["verb"].argmax(-1) == clips.verb
+    noun = logits["noun"].argmax(-1) == clips.noun
+    return {"verb": verb.float().mean().item(), "noun": noun.float().mean().item(),
+            "action": (verb & noun).float().mean().item()}
 
 
 def test_generate_writes_the_validation_clips_losslessly(tmp_path: Path) -> None:
@@ -132,7 +160,7 @@ def test_resuming_with_another_configuration_is_refused(tmp_path: Path) -> None:
         train_module.train(train_module.TrainConfig(arch="videomae", out=str(tmp_path), steps=2, batch_size=8))
 
 
-def test_bad_arguments_are_named(capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_arguments_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(ValueError, match="unknown architecture 'resnet'"):
         train_module.TrainConfig(arch="resnet", out="x")
     with pytest.raises(ValueError, match="steps must be at least 1"):
@@ -142,7 +170,9 @@ def test_bad_arguments_are_named(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         run(["demo", "--threads", "0", "--limit", "1"])
     assert "argument --threads: expected an integer >= 1, got '0'" in capsys.readouterr().err
-    assert set(ARCHITECTURES) == {"videomae", "vivit", "timesformer", "motionformer"}
+    with pytest.raises(ValueError, match=r"unknown testbed models \['resnet'\]; expected some of \('videomae'"):
+        run_demo(["resnet"], out=tmp_path)
+    assert not any(tmp_path.iterdir())
 
 
 def test_demo_refuses_a_limit_below_one_and_missing_checkpoints_before_any_work(
