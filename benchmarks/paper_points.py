@@ -16,7 +16,8 @@ from dataclasses import asdict
 
 import torch
 
-from videotome.bench import run_bench
+from videotome.bench import BenchConfig, run_bench
+from videotome.plan import MergeSettings
 
 #: model, r per layer (per frame for divided models), the paper's GPU speedup
 PAPER_POINTS = {
@@ -42,7 +43,10 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name in args.models:
         r, paper = PAPER_POINTS[name]
-        result = run_bench(name, r, batch_size=args.batch_size, repeats=args.repeats, device=args.device)
+        config = BenchConfig(
+            name, MergeSettings(r), batch_size=args.batch_size, repeats=args.repeats, device=args.device
+        )
+        result = run_bench(config)
         if args.jsonl:
             with open(args.jsonl, "a") as handle:
                 handle.write(json.dumps(asdict(result)) + "\n")

@@ -19,8 +19,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from videotome.bench import BenchResult, run_bench
+from videotome.bench import BenchConfig, BenchResult, run_bench
 from videotome.evaluation.report import to_markdown
+from videotome.plan import MergeSettings
 from videotome.testbed.demo import operating_r
 from videotome.testbed.models import ARCHITECTURES, checkpoint_dir, load_checkpoint
 
@@ -69,7 +70,8 @@ def main() -> None:
         r = operating_r(load_checkpoint(arch), arch)
         results = []
         for batch in args.batches:
-            result = run_bench(str(checkpoint_dir(arch)), r, batch_size=batch, repeats=args.repeats, progress=False)
+            config = BenchConfig(str(checkpoint_dir(arch)), MergeSettings(r), batch_size=batch, repeats=args.repeats)
+            result = run_bench(config, progress=False)
             results.append(result)
             body.append(row(arch, result))
             if args.jsonl is not None:

@@ -310,7 +310,8 @@ def test_report_reads_verb_and_noun_heads_of_any_dataset(tmp_path: Path) -> None
     path = tmp_path / "demo.jsonl"
     header = _header(dataset="testbed", model="testbed-vivit")
     with ResultsWriter(path, header, resume=False) as writer:
-        writer.write({**_clip([1], [5], labels), "run": header["run"], "id": str(labels)} for labels in ((1, 5), (1, 6)))
+        pairs = ((1, 5), (1, 6))
+        writer.write({**_clip([1], [5], labels), "run": header["run"], "id": str(labels)} for labels in pairs)
     header_row, [cells] = table(collect_rows([path]))
     row = dict(zip(header_row, cells))
     assert (row["testbed verb"], row["testbed noun"], row["testbed action"]) == ("100.00", "50.00", "50.00")

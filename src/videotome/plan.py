@@ -145,7 +145,9 @@ class MergeSettings:
             raise ValueError(f"strategy={self.strategy!r} is not one of {STRATEGIES}")
         if self.threshold is not None:
             if self.strategy != "hybrid":
-                raise ValueError(f"threshold={self.threshold!r} applies only to strategy='hybrid', not {self.strategy!r}")
+                raise ValueError(
+                    f"threshold={self.threshold!r} applies only to strategy='hybrid', not {self.strategy!r}"
+                )
             if isinstance(self.threshold, bool) or not -1.0 <= float(self.threshold) <= 1.0:
                 raise ValueError(f"threshold={self.threshold!r} must be a cosine similarity in [-1, 1]")
             object.__setattr__(self, "threshold", float(self.threshold))

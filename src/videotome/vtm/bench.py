@@ -35,7 +35,9 @@ def bench_config(partition: str | None, gamma: float, shape: tuple[int, int, int
 class VTMBenchConfig:
     """One ``videotome vtm bench``: the VTM settings to time against the unmerged baseline, and how."""
 
-    partition: str = field(default="learnable", metadata={"help": "how merge targets are chosen", "choices": PARTITIONS})
+    partition: str = field(
+        default="learnable", metadata={"help": "how merge targets are chosen", "choices": PARTITIONS}
+    )
     gamma: tuple[float, ...] = field(default=(6.0,), metadata={"help": "one or more partition factors"})
     batch_size: int = field(default=1, metadata={"help": "samples per forward pass"})
     repeats: int = field(default=3, metadata={"help": "timed rounds (median)"})

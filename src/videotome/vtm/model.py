@@ -66,7 +66,9 @@ class VTMConfig:
     num_heads: int = field(default=8, metadata={"help": "attention heads", "flag": "--heads"})
     dropout: float = field(default=0.1, metadata={"help": "dropout after attention"})
     merge: bool = field(default=True, metadata={"help": "the unmerged baseline (same blocks)", "flag": "--no-merge"})
-    partition: str = field(default="learnable", metadata={"help": "how merge targets are chosen", "choices": PARTITIONS})
+    partition: str = field(
+        default="learnable", metadata={"help": "how merge targets are chosen", "choices": PARTITIONS}
+    )
     gamma: float = field(default=6.0, metadata={"help": "targets are a 1/gamma share of a window's tokens"})
     merge_ratio: float = field(default=0.8, metadata={"help": "share of the sources merged (R / |S|)"})
     weighted_merge: bool = field(default=False, metadata={"help": "size-weighted instead of plain averages"})
