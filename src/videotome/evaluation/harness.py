@@ -29,7 +29,6 @@ from ..errors import VideotomeError
 from ..heads import format_heads, logits_per_head, model_heads, parse_heads
 from ..loading import VIDEO_MODEL_TYPES, load_local_model, resolve_model_dir
 from ..measure import synchronize
-from ..options import typed
 from ..plan import MergeSettings
 from .datasets import DATASETS, Sample, check_labels, class_names_from_id2label, load_samples
 from .results import ResultsError, ResultsWriter, compute_metrics, run_id
