@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,9 @@ from transformers import (
     VivitForVideoClassification,
 )
 
+from videotome.cli import _commands, build_parser
 from videotome.models import MotionformerConfig, MotionformerForVideoClassification
+from videotome.plan import MergeSettings
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 FAMILIES = ("videomae", "vivit", "timesformer", "motionformer", "vit", "dinov2")
@@ -77,3 +81,24 @@ def one_thread():
 @pytest.fixture(params=FAMILIES)
 def family(request) -> str:
     return request.param
+
+
+#: spellings kept for the single-process case only; each has a torchrun-safe canonical flag beside it
+SINGLE_PROCESS_ALIASES = {alias for item in MergeSettings.__dataclass_fields__.values()
+                          for alias in item.metadata.get("aliases", ())}
+
+
+def command_parsers() -> dict[str, argparse.ArgumentParser]:
+    """Every runnable command's parser, by its name after ``videotome`` (``eval``, ``vtm train``, ...)."""
+    return {command.prog.removeprefix("videotome "): command for command in _commands(build_parser())}
+
+
+def missing_flags(command: str, argv: Sequence[str]) -> list[str]:
+    """The options of ``command`` that ``argv`` does not give (by any spelling but the single-process aliases)."""
+    given = set(argv)
+    return [
+        action.option_strings[0]
+        for action in command_parsers()[command]._actions
+        if action.option_strings and not isinstance(action, argparse._HelpAction)
+        and not given & (set(action.option_strings) - SINGLE_PROCESS_ALIASES)
+    ]

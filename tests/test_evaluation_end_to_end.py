@@ -23,6 +23,8 @@ import pytest
 import torch
 import transformers
 
+from conftest import missing_flags
+
 from videotome.cli import main
 from videotome.evaluation import commands
 from videotome.evaluation.datasets import AnnotationError
@@ -447,8 +449,7 @@ def test_killed_run_resumes_without_loss_or_duplicates(model_dir: Path, data: Pa
 def test_torchrun_two_processes_match_one(model_dir: Path, data: Path, tmp_path: Path) -> None:
     single, double = tmp_path / "single.jsonl", tmp_path / "double.jsonl"
     evaluate(_config(model_dir, data), out=single)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone"]
-    result = _cli(tmp_path, *_eval_args(model_dir, data, double), launcher=torchrun)
+    result = _cli(tmp_path, *_eval_args(model_dir, data, double), launcher=TORCHRUN)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = _clip_lines(double)
     assert len(lines) == len(CLIP_STARTS) and len({line["id"] for line in lines}) == len(CLIP_STARTS)
@@ -456,6 +457,63 @@ def test_torchrun_two_processes_match_one(model_dir: Path, data: Path, tmp_path:
     summaries = [json.loads(line) for line in double.read_text().splitlines() if '"summary"' in line]
     assert summaries[-1]["throughput"]["world_size"] == 2
     assert result.stdout.count("top-1") == 1  # only rank 0 reports
+
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone"]
+
+
+def _every_eval_flag(model_dir: Path, data: Path, out: Path) -> list[str]:
+    """``videotome eval`` with every one of its flags (a test below checks that none is left out)."""
+    (data / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    return ["eval", "--model", str(model_dir), "--dataset", "k400", "--annotations", str(data / "k400.csv"),
+            "--root", str(data / "k400"), "--reduce", "1", "--schedule", "constant", "--strategy", "hybrid",
+            "--threshold", "0.5", "--prop-attn", "on", "--divided", "per_frame", "--seed", "0", "--frames", "4",
+            "--sampling", "dense", "--stride", "4", "--heads", "class:5", "--classes", str(data / "classes.txt"),
+            "--limit", "6", "--decoder", "pyav", "--batch-size", "2", "--workers", "1", "--device", "cpu",
+            "--strict", "--no-progress", "--out", str(out), "--resume", "--threads", "1"]
+
+
+def test_eval_under_torchrun_with_every_flag(model_dir: Path, data: Path, tmp_path: Path) -> None:
+    single, double = tmp_path / "single.jsonl", tmp_path / "double.jsonl"
+    assert missing_flags("eval", _every_eval_flag(model_dir, data, single)) == []
+    result = _cli(tmp_path, *_every_eval_flag(model_dir, data, single))
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = _cli(tmp_path, *_every_eval_flag(model_dir, data, double), launcher=TORCHRUN)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(_clip_lines(double)) == 6 and _predictions(double) == _predictions(single)
+    (summary,) = [json.loads(line) for line in double.read_text().splitlines() if '"summary"' in line]
+    assert summary["throughput"]["world_size"] == 2
+    header = json.loads(double.read_text().splitlines()[0])["settings"]
+    assert header["merge"]["strategy"] == "hybrid" and header["merge"]["threshold"] == 0.5
+
+
+def _every_sweep_flag(model_dir: Path, data: Path, tmp_path: Path, out: Path) -> list[str]:
+    """``videotome sweep`` with every one of its flags: a TOML file, and flags that override it."""
+    config = tmp_path / "sweep.toml"
+    config.write_text(f'models = ["{model_dir}"]\nr = [0, 9]\nstrategy = "drop"\nlimit = 8\n')
+    return ["sweep", "--config", str(config), "--models", str(model_dir), "--reduce", "0", "1",
+            "--schedule", "constant", "decreasing", "--strategy", "merge", "random_merge", "--threshold", "0.9",
+            "--prop-attn", "default", "--divided", "per_frame", "--seed", "0", "--dataset", "csv",
+            "--annotations", str(data / "list.txt"), "--root", str(data), "--frames", "4", "--sampling", "dense",
+            "--stride", "4", "--heads", "class:5", "--classes", str(data / "classes.txt"), "--limit", "5",
+            "--decoder", "pyav", "--batch-size", "2", "--workers", "0", "--device", "cpu", "--strict",
+            "--no-progress", "--out", str(out), "--threads", "1"]
+
+
+def test_sweep_under_torchrun_with_every_flag(model_dir: Path, data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sweep.jsonl"
+    (data / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    argv = _every_sweep_flag(model_dir, data, tmp_path, out)
+    assert missing_flags("sweep", argv) == []
+    result = _cli(tmp_path, *argv, launcher=TORCHRUN)
+    assert result.returncode == 0, result.stderr[-3000:]
+    merges = [run.settings["merge"] for run in read_runs(out)]
+    # flags override the file: r 0 and 1, two schedules, two strategies (r = 0 is one unmerged run)
+    assert [(m["r"], m["schedule"], m["strategy"]) for m in merges] == [
+        (0, "constant", "merge"), (1, "constant", "merge"), (1, "constant", "random_merge"),
+        (1, "decreasing", "merge"), (1, "decreasing", "random_merge")]
+    assert all(len(run.records) == 5 for run in read_runs(out))
+    assert result.stdout.count("top-1") == len(merges)  # rank 0 alone reports, once a run
 
 
 def test_merged_run_and_sweep_and_report(model_dir: Path, data: Path, tmp_path: Path) -> None:

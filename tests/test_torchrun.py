@@ -10,21 +10,14 @@ from __future__ import annotations
 import argparse
 
 import pytest
+from conftest import SINGLE_PROCESS_ALIASES, command_parsers
 from torch.distributed.run import get_args_parser
-
-from videotome.cli import _commands, build_parser
-from videotome.plan import MergeSettings
-
-#: spellings kept for the single-process case only; each has a torchrun-safe canonical flag beside it
-SINGLE_PROCESS_ALIASES = {alias for item in MergeSettings.__dataclass_fields__.values()
-                          for alias in item.metadata.get("aliases", ())}
 
 
 def _flags() -> list[tuple[str, str, bool]]:
     """(command, flag, whether it is a single-process alias) for every option of every command."""
     found = []
-    for command in _commands(build_parser()):
-        name = command.prog.removeprefix("videotome ")
+    for name, command in command_parsers().items():
         for action in command._actions:
             if isinstance(action, argparse._HelpAction):
                 continue

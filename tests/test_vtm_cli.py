@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -242,3 +245,41 @@ def test_a_rerun_keeps_one_failed_line_per_video(tmp_path: Path, capsys) -> None
     assert main(extract(tmp_path, backbone)) == 0
     assert failed.read_text().splitlines()[0].startswith("broken.mp4\t")
     assert "0 written, 1 already done, 0 failed" in capsys.readouterr().out.splitlines()[-1]
+
+
+def test_training_under_torchrun_with_every_flag(tmp_path: Path) -> None:
+    """``vtm train`` on LVU features with every one of its flags, data-parallel over two processes."""
+    from conftest import missing_flags
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(0)
+    (tmp_path / "features").mkdir()
+    for index in range(8):
+        save_file({"tokens": torch.randn(6 + index, 5, 16, generator=generator),
+                   "motion": torch.rand(6 + index, 5, generator=generator)},
+                  str(tmp_path / "features" / f"v{index}.safetensors"))
+    (tmp_path / "lvu" / "genre").mkdir(parents=True)
+    for split in ("train", "val"):
+        rows = "".join(f"{index % 4} v{index} tt{index}\n" for index in range(8))
+        (tmp_path / "lvu" / "genre" / f"{split}.csv").write_text("genre youtube_id imdb_id\n" + rows)
+    out = tmp_path / "run"
+    argv = ["vtm", "train", "--dataset", "lvu", "--out", str(out), "--root", str(tmp_path / "lvu"),
+            "--features", str(tmp_path / "features"), "--task", "genre", "--frames", "4", "--epochs", "2",
+            "--warmup-epochs", "1", "--batch-size", "2", "--lr", "0.001", "--weight-decay", "0.01",
+            "--aux-loss-weight", "0.5", "--seed", "0", "--workers", "1", "--eval-stride", "2", "--eval-split", "val",
+            "--max-steps-per-epoch", "2", "--synthetic-videos", "8", "--synthetic-eval-videos", "8",
+            "--channels", "8", "8", "--windows", "2", "4", "--heads", "2", "--dropout", "0.0", "--no-merge",
+            "--partition", "motion", "--gamma", "2", "--merge-ratio", "0.5", "--weighted-merge",
+            "--sample-with-replacement", "--motion-temperature", "0.5", "--aux-weights", "separate",
+            "--saliency-bias-scale", "1.0", "--attention", "math", "--overwrite", "--threads", "1"]
+    assert missing_flags("vtm train", argv) == []
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone"]
+    result = subprocess.run([*torchrun, "-m", "videotome", *argv], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [entry["epoch"] for entry in log] == [1, 2]  # one process writes
+    stored = torch.load(out / "last.pt", weights_only=True)
+    config = stored["config"]
+    assert stored["epoch"] == 2 and config["task"] == "genre" and config["aux_loss_weight"] == 0.5
+    assert config["model"]["partition"] == "motion" and config["model"]["attention"] == "math"
