@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -242,3 +245,16 @@ def test_a_rerun_keeps_one_failed_line_per_video(tmp_path: Path, capsys) -> None
     assert main(extract(tmp_path, backbone)) == 0
     assert failed.read_text().splitlines()[0].startswith("broken.mp4\t")
     assert "0 written, 1 already done, 0 failed" in capsys.readouterr().out.splitlines()[-1]
+
+
+def test_training_under_torchrun_writes_one_log_and_prints_once(tmp_path: Path) -> None:
+    """Two processes join one gloo group (videotome.distributed); only rank 0 writes the log and prints."""
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
+               "-m", "videotome", *TRAIN, "--epochs", "2", "--out", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line)["epoch"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2]
+    printed = result.stdout.strip().splitlines()
+    assert len(printed) == 1 and json.loads(printed[0])["epoch"] == 2, result.stdout

@@ -11,6 +11,7 @@ import argparse
 import json
 from dataclasses import asdict, dataclass, field
 
+from videotome.distributed import in_process_group
 from videotome.options import add_options, build, from_args, given
 from videotome.vtm.bench import VTMBenchConfig
 from videotome.vtm.train import DATASET_MODEL_DEFAULTS, TrainConfig
@@ -65,6 +66,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     extract.set_defaults(func=run_extract)
 
 
+@in_process_group
 def run_train(args: argparse.Namespace) -> int:
     """Train (continuing an unfinished run in ``--out``) and print the last evaluation as JSON."""
     from videotome.vtm.train import train
