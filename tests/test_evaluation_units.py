@@ -162,6 +162,15 @@ def test_kinetics_names_map_through_a_class_file_and_class_folders(tmp_path: Pat
         load_samples("k400", tmp_path / "val.csv", tmp_path, class_names={"air drumming": 0})
 
 
+def test_videos_of_every_extension_the_decoder_reads_are_found(tmp_path: Path) -> None:
+    (tmp_path / "val.csv").write_text("label,youtube_id,time_start,time_end\na,abc,0,10\na,def,0,10\n")
+    (tmp_path / "abc_000000_000010.mov").write_bytes(b"")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "def_000000_000010.M4V").write_bytes(b"")
+    samples = load_samples("k400", tmp_path / "val.csv", tmp_path, class_names={"a": 0})
+    assert [s.path for s in samples] == [tmp_path / "abc_000000_000010.mov", tmp_path / "a" / "def_000000_000010.M4V"]
+
+
 def test_something_something_templates(tmp_path: Path) -> None:
     (tmp_path / "labels.json").write_text(json.dumps({"Putting something on something": "0", "Pushing something": "1"}))
     entries = [{"id": "7", "label": "pushing a cup", "template": "Pushing [something]", "placeholders": ["a cup"]}]

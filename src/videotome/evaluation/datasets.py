@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import VideotomeError
+from .video import VIDEO_EXTENSIONS
 
 DATASETS = ("k400", "ssv2", "epic100", "csv")
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".MP4")
 
 
 class AnnotationError(VideotomeError, ValueError):
@@ -104,9 +104,10 @@ def _fields(line: str) -> list[str]:
 
 
 def _find_video(root: Path, stem: str, folders: list[str]) -> Path:
-    """Locate ``stem`` with any video extension, at the root or in one of ``folders``; default to the root .mp4."""
+    """Locate ``stem`` with any video extension (lower or upper case), at the root or in one of ``folders``; default
+    to the root .mp4."""
     for folder in ["", *folders]:
-        for extension in VIDEO_EXTENSIONS:
+        for extension in (*VIDEO_EXTENSIONS, *(extension.upper() for extension in VIDEO_EXTENSIONS)):
             candidate = root / folder / f"{stem}{extension}"
             if candidate.is_file():
                 return candidate
