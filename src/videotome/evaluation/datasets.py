@@ -81,16 +81,16 @@ def read_list(annotations: str | Path, root: str | Path) -> list[Sample]:
     rows = [(number, line) for number, line in enumerate(path.read_text().splitlines(), start=1) if line.strip()]
     heads = ["class"]
     expected = "'<relative/path> <integer label>' (or first a header naming the columns, like 'path verb noun')"
-    if rows and not all(re.fullmatch(r"\d+", part) for part in _fields(rows[0][1])[1:]):
+    if rows and not all(re.fullmatch(r"\d+", part) for part in _line_fields(rows[0][1])[1:]):
         number, line = rows.pop(0)
-        names = _fields(line)
+        names = _line_fields(line)
         heads = names[1:]
         if not heads or len(set(heads)) != len(heads) or not all(re.fullmatch(r"[A-Za-z_]\w*", n) for n in names):
             raise _fail(path, number, f"expected a header of distinct column names like 'path verb noun', got {line!r}")
         expected = "'<relative/path> " + " ".join(f"<integer {head}>" for head in heads) + "' (the header's columns)"
     samples = []
     for number, line in rows:
-        parts = _fields(line)
+        parts = _line_fields(line)
         if len(parts) != 1 + len(heads) or not all(re.fullmatch(r"\d+", part) for part in parts[1:]):
             raise _fail(path, number, f"expected {expected}, got {line!r}")
         labels = {head: int(value) for head, value in zip(heads, parts[1:])}
@@ -98,7 +98,7 @@ def read_list(annotations: str | Path, root: str | Path) -> list[Sample]:
     return samples
 
 
-def _fields(line: str) -> list[str]:
+def _line_fields(line: str) -> list[str]:
     """The fields of a list line, split at commas, tabs and spaces."""
     return [part for part in re.split(r"[,\t ]+", line.strip()) if part]
 

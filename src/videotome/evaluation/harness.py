@@ -221,7 +221,7 @@ class ClipDataset(Dataset):
         return {"sample": sample, "pixels": preprocess(frames, self.preprocessing), "error": None}
 
 
-def _as_list(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _collate_items(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """DataLoader collate: keep items apart, so failed clips travel with the good ones."""
     return batch
 
@@ -332,7 +332,9 @@ def evaluate(config: EvalConfig, *, new_runs: bool = False, resume: bool = False
         shard = remaining[context.rank :: context.world]
         steps = math.ceil(math.ceil(len(remaining) / context.world) / config.batch_size)
         dataset = ClipDataset(shard, loaded.sampling, loaded.preprocessing, config.decoder)
-        loader = DataLoader(dataset, batch_size=config.batch_size, num_workers=config.workers, collate_fn=_as_list)
+        loader = DataLoader(
+            dataset, batch_size=config.batch_size, num_workers=config.workers, collate_fn=_collate_items
+        )
         return score(
             loaded.model,
             _padded(loader, steps),

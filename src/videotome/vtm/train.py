@@ -378,10 +378,10 @@ def evaluate(model: VideoTokenMerger, config: TrainConfig, split: str) -> dict[s
             predictions.append(model(batch["tokens"], batch.get("motion")).logits)
             labels.append(batch["label"])
         predictions, labels = torch.cat(predictions), torch.cat(labels)
-    return score(predictions, labels, spec.regression, split)
+    return split_metric(predictions, labels, spec.regression, split)
 
 
-def score(predictions: Tensor, labels: Tensor, regression: bool, split: str) -> dict[str, float]:
+def split_metric(predictions: Tensor, labels: Tensor, regression: bool, split: str) -> dict[str, float]:
     """``{split}_accuracy`` from class scores, or ``{split}_mse`` from predicted values."""
     if regression:
         return {f"{split}_mse": float(((predictions.squeeze(-1) - labels) ** 2).mean())}
