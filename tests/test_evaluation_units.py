@@ -387,3 +387,51 @@ def test_python_dash_m_videotome_runs_the_cli() -> None:
     result = subprocess.run([sys.executable, "-m", "videotome", "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: videotome")
+
+
+#: annotation files that list no clip, per format: empty, and a header (or an empty list) alone
+NO_CLIPS = {
+    "csv": ["", "path verb noun\n"],
+    "k400": ["", "label,youtube_id,time_start,time_end,split\n"],
+    "ssv2": ["", "[]"],
+    "epic100": ["", "narration_id,participant_id,video_id,start_timestamp,stop_timestamp,verb_class,noun_class\n"],
+}
+
+
+def _eval_refused(tmp_path: Path, capsys: pytest.CaptureFixture, dataset: str, annotations: Path) -> str:
+    """``videotome eval`` of a checkpoint without weights: the one error line (exit 2), from before any model work."""
+    from videotome.cli import main
+
+    model = tmp_path / "model"
+    model.mkdir(exist_ok=True)
+    (model / "config.json").write_text(json.dumps({"model_type": "videomae", "id2label": {"0": "a"}}))
+    (tmp_path / "labels.json").write_text(json.dumps({"a": "0"}))
+    capsys.readouterr()
+    code = main(["eval", "--model", str(model), "--dataset", dataset, "--root", str(tmp_path),
+                 "--annotations", str(annotations), "--out", str(tmp_path / "runs.jsonl"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("videotome eval: error: ")
+    assert not (tmp_path / "runs.jsonl").exists()
+    return lines[0]
+
+
+@pytest.mark.parametrize("dataset", sorted(NO_CLIPS))
+def test_an_annotation_file_without_clips_is_refused(tmp_path: Path, capsys, dataset: str) -> None:
+    for number, text in enumerate(NO_CLIPS[dataset]):
+        annotations = tmp_path / f"empty{number}.txt"
+        annotations.write_text(text)
+        line = _eval_refused(tmp_path, capsys, dataset, annotations)
+        assert f"annotation file {annotations} lists no clips" in line
+
+
+def test_an_annotations_directory_is_refused_as_such(tmp_path: Path, capsys) -> None:
+    (tmp_path / "annotations").mkdir()
+    line = _eval_refused(tmp_path, capsys, "csv", tmp_path / "annotations")
+    assert f"{tmp_path / 'annotations'} is a directory; expected an annotation file" in line
+    from videotome.cli import main
+
+    assert main(["sweep", "--models", str(tmp_path / "model"), "--dataset", "csv", "--root", str(tmp_path),
+                 "--annotations", str(tmp_path / "annotations"), "--out", str(tmp_path / "runs.jsonl")]) == 2
+    assert "is a directory; expected an annotation file" in capsys.readouterr().err

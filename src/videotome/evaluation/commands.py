@@ -18,6 +18,7 @@ from typing import Any
 from ..distributed import in_process_group, is_main_process
 from ..options import add_options, from_args
 from ..plan import MergeSettings
+from .datasets import check_annotation_file
 from .harness import EvalConfig, evaluate
 from .report import GROUPINGS, write_report
 
@@ -141,6 +142,7 @@ def sweep_runs(args: argparse.Namespace) -> tuple[list[EvalConfig], str]:
         for name in ("model", "annotations", "root"):
             if not Path(getattr(config, name)).exists():
                 raise ValueError(f"sweep: {name} {getattr(config, name)!r} does not exist (nothing was run)")
+        check_annotation_file(config.annotations)
     return list(runs.values()), values["out"]
 
 

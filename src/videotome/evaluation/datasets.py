@@ -213,9 +213,13 @@ def load_samples(
     class_names: Mapping[str, int] | None = None,
     classes_file: str | Path | None = None,
 ) -> list[Sample]:
-    """Read an annotation file of any supported format (``class_names`` maps Kinetics' names to indices)."""
-    if not Path(annotations).is_file():
-        raise AnnotationError(f"annotation file not found: {annotations}")
+    """Read an annotation file of any supported format (``class_names`` maps Kinetics' names to indices).
+
+    A file that lists no clip (empty, or a header alone) is refused.
+    """
+    path = check_annotation_file(annotations)
+    if not path.read_text().strip():
+        raise _no_clips(path, dataset)
     if dataset == "csv":
         samples = read_list(annotations, root)
     elif dataset == "k400":
@@ -229,8 +233,24 @@ def load_samples(
         samples = read_epic(annotations, root)
     else:
         raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    if not samples:
+        raise _no_clips(path, dataset)
     _check_unique(samples, annotations)
     return samples
+
+
+def check_annotation_file(annotations: str | Path) -> Path:
+    """``annotations`` as a path, refused when it is missing or a directory."""
+    path = Path(annotations)
+    if path.is_dir():
+        raise AnnotationError(f"annotations {path} is a directory; expected an annotation file (CSV, JSON or list)")
+    if not path.is_file():
+        raise AnnotationError(f"annotation file not found: {path}")
+    return path
+
+
+def _no_clips(path: Path, dataset: str) -> AnnotationError:
+    return AnnotationError(f"annotation file {path} lists no clips; expected at least one ({dataset} format)")
 
 
 def _check_unique(samples: list[Sample], annotations: str | Path) -> None:
