@@ -8,21 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import (
-    Dinov2Config,
-    Dinov2Model,
-    TimesformerConfig,
-    TimesformerForVideoClassification,
-    VideoMAEConfig,
-    VideoMAEForVideoClassification,
-    ViTConfig,
-    ViTModel,
-    VivitConfig,
-    VivitForVideoClassification,
-)
+from transformers import ViTConfig, ViTModel
 
+from videotome.bench import random_model
 from videotome.cli import _commands, build_parser
-from videotome.models import MotionformerConfig, MotionformerForVideoClassification
 from videotome.plan import MergeSettings
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -35,22 +24,18 @@ def tiny_model(family: str, seed: int = 0, layers: int = 3) -> torch.nn.Module:
     torch.manual_seed(seed)
     common = dict(_COMMON, num_hidden_layers=layers)
     if family == "videomae":
-        config = VideoMAEConfig(image_size=32, patch_size=8, num_frames=4, tubelet_size=2, num_labels=5, **common)
-        model = VideoMAEForVideoClassification(config)
+        model = random_model(family, image_size=32, patch_size=8, num_frames=4, tubelet_size=2, num_labels=5, **common)
     elif family == "vivit":
-        config = VivitConfig(image_size=32, num_frames=4, tubelet_size=[2, 8, 8], num_labels=5, **common)
-        model = VivitForVideoClassification(config)
+        model = random_model(family, image_size=32, num_frames=4, tubelet_size=[2, 8, 8], num_labels=5, **common)
     elif family == "timesformer":
-        config = TimesformerConfig(image_size=32, patch_size=8, num_frames=4, num_labels=5, **common)
-        model = TimesformerForVideoClassification(config)
+        model = random_model(family, image_size=32, patch_size=8, num_frames=4, num_labels=5, **common)
     elif family == "motionformer":
-        config = MotionformerConfig(image_size=32, patch_size=8, num_frames=8, tubelet_size=2, num_labels=5, **common)
-        model = MotionformerForVideoClassification(config)
+        model = random_model(family, image_size=32, patch_size=8, num_frames=8, tubelet_size=2, num_labels=5, **common)
     elif family == "vit":
         model = ViTModel(ViTConfig(image_size=32, patch_size=8, **common))
     elif family == "dinov2":
         common.pop("intermediate_size")
-        model = Dinov2Model(Dinov2Config(image_size=32, patch_size=8, layerscale_value=0.5, **common))
+        model = random_model(family, image_size=32, patch_size=8, layerscale_value=0.5, **common)
     else:
         raise ValueError(family)
     return model.eval()

@@ -162,6 +162,15 @@ def test_kinetics_names_map_through_a_class_file_and_class_folders(tmp_path: Pat
         load_samples("k400", tmp_path / "val.csv", tmp_path, class_names={"air drumming": 0})
 
 
+def test_videos_of_every_extension_the_decoder_reads_are_found(tmp_path: Path) -> None:
+    (tmp_path / "val.csv").write_text("label,youtube_id,time_start,time_end\na,abc,0,10\na,def,0,10\n")
+    (tmp_path / "abc_000000_000010.mov").write_bytes(b"")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "def_000000_000010.M4V").write_bytes(b"")
+    samples = load_samples("k400", tmp_path / "val.csv", tmp_path, class_names={"a": 0})
+    assert [s.path for s in samples] == [tmp_path / "abc_000000_000010.mov", tmp_path / "a" / "def_000000_000010.M4V"]
+
+
 def test_something_something_templates(tmp_path: Path) -> None:
     (tmp_path / "labels.json").write_text(json.dumps({"Putting something on something": "0", "Pushing something": "1"}))
     entries = [{"id": "7", "label": "pushing a cup", "template": "Pushing [something]", "placeholders": ["a cup"]}]
@@ -378,3 +387,51 @@ def test_python_dash_m_videotome_runs_the_cli() -> None:
     result = subprocess.run([sys.executable, "-m", "videotome", "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: videotome")
+
+
+#: annotation files that list no clip, per format: empty, and a header (or an empty list) alone
+NO_CLIPS = {
+    "csv": ["", "path verb noun\n"],
+    "k400": ["", "label,youtube_id,time_start,time_end,split\n"],
+    "ssv2": ["", "[]"],
+    "epic100": ["", "narration_id,participant_id,video_id,start_timestamp,stop_timestamp,verb_class,noun_class\n"],
+}
+
+
+def _eval_refused(tmp_path: Path, capsys: pytest.CaptureFixture, dataset: str, annotations: Path) -> str:
+    """``videotome eval`` of a checkpoint without weights: the one error line (exit 2), from before any model work."""
+    from videotome.cli import main
+
+    model = tmp_path / "model"
+    model.mkdir(exist_ok=True)
+    (model / "config.json").write_text(json.dumps({"model_type": "videomae", "id2label": {"0": "a"}}))
+    (tmp_path / "labels.json").write_text(json.dumps({"a": "0"}))
+    capsys.readouterr()
+    code = main(["eval", "--model", str(model), "--dataset", dataset, "--root", str(tmp_path),
+                 "--annotations", str(annotations), "--out", str(tmp_path / "runs.jsonl"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("videotome eval: error: ")
+    assert not (tmp_path / "runs.jsonl").exists()
+    return lines[0]
+
+
+@pytest.mark.parametrize("dataset", sorted(NO_CLIPS))
+def test_an_annotation_file_without_clips_is_refused(tmp_path: Path, capsys, dataset: str) -> None:
+    for number, text in enumerate(NO_CLIPS[dataset]):
+        annotations = tmp_path / f"empty{number}.txt"
+        annotations.write_text(text)
+        line = _eval_refused(tmp_path, capsys, dataset, annotations)
+        assert f"annotation file {annotations} lists no clips" in line
+
+
+def test_an_annotations_directory_is_refused_as_such(tmp_path: Path, capsys) -> None:
+    (tmp_path / "annotations").mkdir()
+    line = _eval_refused(tmp_path, capsys, "csv", tmp_path / "annotations")
+    assert f"{tmp_path / 'annotations'} is a directory; expected an annotation file" in line
+    from videotome.cli import main
+
+    assert main(["sweep", "--models", str(tmp_path / "model"), "--dataset", "csv", "--root", str(tmp_path),
+                 "--annotations", str(tmp_path / "annotations"), "--out", str(tmp_path / "runs.jsonl")]) == 2
+    assert "is a directory; expected an annotation file" in capsys.readouterr().err

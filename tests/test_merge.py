@@ -17,7 +17,7 @@ def _tokens() -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_best_match_is_cosine_argmax():
     metric, _ = _tokens()
-    scores, partner = merge.best_match(metric[:, ::2], metric[:, 1::2])
+    scores, partner = merge._best_match(metric[:, ::2], metric[:, 1::2])
     torch.testing.assert_close(scores, torch.tensor([[1.0, 1.0, math.sqrt(0.5)]]))
     assert partner.tolist() == [[0, 1, 0]]
 
@@ -182,3 +182,14 @@ def test_half_precision_merge_is_the_exact_merge_to_within_rounding(dtype):
     bound = (3 * members + 1) / 2 * torch.finfo(dtype).eps * x.abs().amax(dim=(1, 2), keepdim=True).double()
     assert ((out.double() - expected).abs() <= bound).all()
     assert members.max() > 2  # some tokens really average several inputs
+
+
+def test_the_public_names_are_all_that_is_not_private() -> None:
+    import inspect
+
+    functions = {name for name, value in vars(merge).items() if not name.startswith("_")
+                 and (inspect.isfunction(value) or inspect.isclass(value)) and value.__module__ == merge.__name__}
+    constants = {name for name in vars(merge) if name.isupper()}
+    defined = functions | constants
+    assert sorted(merge.__all__) == sorted(defined)
+    assert not {"split", "take", "select", "best_match", "positions"} & set(vars(merge))

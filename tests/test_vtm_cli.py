@@ -278,7 +278,9 @@ def test_training_under_torchrun_with_every_flag(tmp_path: Path) -> None:
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert [entry["epoch"] for entry in log] == [1, 2]  # one process writes
+    assert [entry["epoch"] for entry in log] == [1, 2]  # one process writes the log
+    printed = result.stdout.strip().splitlines()
+    assert len(printed) == 1 and json.loads(printed[0])["epoch"] == 2, result.stdout  # and prints
     stored = torch.load(out / "last.pt", weights_only=True)
     config = stored["config"]
     assert stored["epoch"] == 2 and config["task"] == "genre" and config["aux_loss_weight"] == 0.5

@@ -23,7 +23,7 @@ from videotome.vtm.train import (
     load_model,
     predict_video,
     read_checkpoint,
-    score,
+    split_metric,
     train,
     warmup_cosine,
 )
@@ -70,8 +70,8 @@ def test_segment_rows(tmp_path: Path) -> None:
 
 def test_metrics() -> None:
     scores = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
-    assert score(scores, torch.tensor([1.0, 1.0, 1.0]), False, "val") == {"val_accuracy": pytest.approx(2 / 3)}
-    assert score(torch.tensor([[1.0], [3.0]]), torch.tensor([0.0, 1.0]), True, "test") == {"test_mse": 2.5}
+    assert split_metric(scores, torch.tensor([1.0, 1.0, 1.0]), False, "val") == {"val_accuracy": pytest.approx(2 / 3)}
+    assert split_metric(torch.tensor([[1.0], [3.0]]), torch.tensor([0.0, 1.0]), True, "test") == {"test_mse": 2.5}
 
 
 def test_warmup_then_cosine() -> None:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from videotome.vtm.model import TokenState, VideoTokenMerger, VTMConfig, merge_window, vtm_loss
+from videotome.vtm.model import WindowTokens, VideoTokenMerger, VTMConfig, merge_window, vtm_loss
 from videotome.vtm.partition import count_targets
 
 FRAMES, PER_FRAME, CHANNELS = 8, 17, 32
@@ -126,7 +126,7 @@ def test_merge_window_weighs_features_by_size_only_when_asked(weighted: bool, fe
     x = torch.tensor([[0.0, 10.0, 20.0, 30.0, 40.0]]).unsqueeze(-1)
     size = torch.tensor([[1.0, 3.0, 2.0, 6.0, 1.0]]).unsqueeze(-1)
     centrality = torch.tensor([[1.0, 0.0, 0.0, 1.0, 0.5]]).unsqueeze(-1)
-    state = TokenState(x, size, centrality, None)
+    state = WindowTokens(x, size, centrality, None)
     merged = merge_window(state, keys, torch.tensor([[0, 2]]), torch.tensor([[1, 3, 4]]), 2, weighted)
     assert merged.x.squeeze(-1).tolist() == [features]
     assert merged.size.squeeze(-1).tolist() == [[1.0, 4.0, 8.0]]

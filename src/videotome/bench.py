@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,7 +27,8 @@ from .plan import MergeSettings
 IMAGE_FRAMES_PER_CLIP = 8
 
 
-def _builtin_models() -> dict[str, Callable[[], nn.Module]]:
+def _model_classes() -> dict[str, tuple[type, type[nn.Module]]]:
+    """The configuration and model class of each family a model with random weights can be built for."""
     from transformers import (
         Dinov2Config,
         Dinov2Model,
@@ -43,25 +43,39 @@ def _builtin_models() -> dict[str, Callable[[], nn.Module]]:
     from .models import MotionformerConfig, MotionformerForVideoClassification
 
     return {
-        "videomae-base": lambda: VideoMAEForVideoClassification(VideoMAEConfig(num_labels=400)),
-        "vivit-base": lambda: VivitForVideoClassification(VivitConfig(num_labels=400)),
-        "timesformer-base": lambda: TimesformerForVideoClassification(TimesformerConfig(num_labels=400)),
-        "motionformer-base": lambda: MotionformerForVideoClassification(MotionformerConfig(num_labels=400)),
-        "dinov2-small": lambda: Dinov2Model(
-            Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, patch_size=14, image_size=224)
-        ),
+        "videomae": (VideoMAEConfig, VideoMAEForVideoClassification),
+        "vivit": (VivitConfig, VivitForVideoClassification),
+        "timesformer": (TimesformerConfig, TimesformerForVideoClassification),
+        "motionformer": (MotionformerConfig, MotionformerForVideoClassification),
+        "dinov2": (Dinov2Config, Dinov2Model),
     }
 
 
-BUILTIN_MODELS = ("videomae-base", "vivit-base", "timesformer-base", "motionformer-base", "dinov2-small")
+def random_model(family: str, **settings: object) -> nn.Module:
+    """A model of ``family`` (videomae, vivit, timesformer, motionformer, dinov2) built from its configuration
+    with ``settings``, with random weights from torch's global generator, in eval mode."""
+    config_class, model_class = _model_classes()[family]
+    return model_class(config_class(**settings)).eval()
+
+
+#: the built-in models (the paper's base models): name -> family and configuration settings
+_BUILTINS: dict[str, tuple[str, dict[str, object]]] = {
+    "videomae-base": ("videomae", {"num_labels": 400}),
+    "vivit-base": ("vivit", {"num_labels": 400}),
+    "timesformer-base": ("timesformer", {"num_labels": 400}),
+    "motionformer-base": ("motionformer", {"num_labels": 400}),
+    "dinov2-small": ("dinov2", {"hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 6,
+                                "patch_size": 14, "image_size": 224}),
+}
+BUILTIN_MODELS = tuple(_BUILTINS)
 
 
 def bench_model(name_or_path: str) -> nn.Module:
     """A built-in base model with random weights, or a model from a local Hugging Face directory."""
-    builders = _builtin_models()
-    if name_or_path in builders:
+    if name_or_path in _BUILTINS:
         torch.manual_seed(0)
-        return builders[name_or_path]().eval()
+        family, settings = _BUILTINS[name_or_path]
+        return random_model(family, **settings)
     if not Path(name_or_path).is_dir():
         raise ValueError(f"--model {name_or_path!r} is neither a built-in name {BUILTIN_MODELS} nor a local directory")
     return load_local_model(name_or_path)

@@ -6,7 +6,9 @@ on GPUs (one per process, chosen by ``LOCAL_RANK``).
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,7 +70,31 @@ def gather(value: Any, context: DistContext) -> list[Any]:
     return boxes or []
 
 
+def barrier(context: DistContext) -> None:
+    """Wait until every rank gets here."""
+    if context.world > 1:
+        dist.barrier()
+
+
+def is_main_process() -> bool:
+    """Whether this process is rank 0 of the process group it joined, or runs alone (for code without a context)."""
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
 def finish_distributed() -> None:
     """Leave the process group, if this process joined one."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def in_process_group(command: Callable[..., int]) -> Callable[..., int]:
+    """Wrap a command so that it leaves the process group (under torchrun) however it ends."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> int:
+        try:
+            return command(*args, **kwargs)
+        finally:
+            finish_distributed()
+
+    return wrapper

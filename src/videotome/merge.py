@@ -33,6 +33,18 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+__all__ = [
+    "PROFILER_REGION",
+    "STRATEGIES",
+    "Reduction",
+    "apply",
+    "bipartite_soft_matching",
+    "clamp_r",
+    "merge_source",
+    "merge_wavg",
+    "repeat",
+]
+
 STRATEGIES = ("merge", "drop", "random_drop", "random_merge", "hybrid")
 #: the profiler region (``torch.profiler.record_function``) around every reduction step, for timing its share
 PROFILER_REGION = "videotome.merge"
@@ -64,21 +76,21 @@ def clamp_r(r: int, num_tokens: int, protected: int = 0) -> int:
     return max(0, min(r, (num_tokens - protected) // 2))
 
 
-def split(x: Tensor, a_idx: Tensor | None = None, b_idx: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def _split(x: Tensor, a_idx: Tensor | None = None, b_idx: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Split a per-token tensor (B, N, C) into its A and B sets: alternate positions, or the given index sets."""
     if a_idx is None:
         return x[:, ::2], x[:, 1::2]
-    return take(x, a_idx), take(x, b_idx)
+    return _take(x, a_idx), _take(x, b_idx)
 
 
-def best_match(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+def _best_match(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     """Each A token's highest cosine similarity to any B token, and that B token's index: (B, Na), (B, Na)."""
     a = a / a.norm(dim=-1, keepdim=True)
     b = b / b.norm(dim=-1, keepdim=True)
     return (a @ b.transpose(-1, -2)).max(dim=-1)
 
 
-def select(scores: Tensor, partner: Tensor, r: int) -> tuple[Tensor, Tensor, Tensor]:
+def _select(scores: Tensor, partner: Tensor, r: int) -> tuple[Tensor, Tensor, Tensor]:
     """The r highest-scoring A tokens and their partners; the others kept in their previous order.
 
     Returns ``kept`` (B, Na - r) ascending, ``src`` (B, r) and ``dst`` (B, r). Ties keep the earlier token.
@@ -126,10 +138,10 @@ def bipartite_soft_matching(
         else:
             partner = torch.zeros(batch, num_a, dtype=torch.long, device=metric.device)
     else:
-        scores, partner = best_match(*split(metric, a_idx, b_idx))
+        scores, partner = _best_match(*_split(metric, a_idx, b_idx))
     if protect_first:
         scores[:, 0] = -math.inf  # scores is a fresh tensor in every branch above
-    kept, src, dst = select(scores, partner, r)
+    kept, src, dst = _select(scores, partner, r)
 
     weight = None
     if strategy in ("drop", "random_drop"):
@@ -139,7 +151,7 @@ def bipartite_soft_matching(
     return Reduction(kept, src, dst, weight, a_idx, b_idx)
 
 
-def positions(reduction: Reduction, num_tokens: int) -> tuple[Tensor, Tensor]:
+def _positions(reduction: Reduction, num_tokens: int) -> tuple[Tensor, Tensor]:
     """Sequence positions of the output's tokens in their new order (the kept A tokens, then every B token),
     (B, N - r), and of the chosen A tokens, (B, r)."""
     if reduction.a_idx is None:
@@ -160,7 +172,7 @@ def _select_rows(x: Tensor, rows: Tensor, count: int) -> Tensor:
     return x.reshape(-1, channels).index_select(0, rows).view(batch, count, channels)
 
 
-def take(x: Tensor, pos: Tensor) -> Tensor:
+def _take(x: Tensor, pos: Tensor) -> Tensor:
     """Rows of x (B, N, C) at sequence positions pos (B, K): (B, K, C).
 
     One ``index_select`` over the flattened batch: on CPU several times faster than ``gather`` with an index
@@ -182,7 +194,7 @@ class _Rows(NamedTuple):
 
 def _rows(reduction: Reduction, num_tokens: int) -> _Rows:
     """The flat row numbers of ``reduction`` applied to sequences of ``num_tokens`` tokens."""
-    order, src_pos = positions(reduction, num_tokens)
+    order, src_pos = _positions(reduction, num_tokens)
     receiving = reduction.kept.shape[1] + reduction.dst
     length = order.shape[1]
     return _Rows(_flat_rows(order, num_tokens), _flat_rows(src_pos, num_tokens), _flat_rows(receiving, length), length)

@@ -15,9 +15,10 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from ..distributed import finish_distributed
+from ..distributed import in_process_group, is_main_process
 from ..options import add_options, from_args
 from ..plan import MergeSettings
+from .datasets import check_annotation_file
 from .harness import EvalConfig, evaluate
 from .report import GROUPINGS, write_report
 
@@ -60,19 +61,6 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     report_parser.set_defaults(func=cmd_report)
 
 
-def _in_process_group(function):
-    """Leave the process group (under torchrun) however the command ends."""
-
-    def wrapper(args: argparse.Namespace) -> int:
-        try:
-            return function(args)
-        finally:
-            finish_distributed()
-
-    wrapper.__doc__ = function.__doc__
-    return wrapper
-
-
 def format_summary(summary: dict[str, Any]) -> str:
     """Human-readable metrics and speed of one run."""
     settings, metrics, speed = summary["settings"], summary["metrics"], summary["throughput"]
@@ -92,17 +80,11 @@ def format_summary(summary: dict[str, Any]) -> str:
     )
 
 
-def _is_rank_zero() -> bool:
-    import torch.distributed as dist
-
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
-@_in_process_group
+@in_process_group
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate one model on one dataset: top-1/top-5 (EPIC-KITCHENS: verb, noun, action) and clips/s."""
     summary = evaluate(from_args(EvalConfig, args), resume=args.resume, out=args.out)
-    if _is_rank_zero():
+    if is_main_process():
         print(format_summary(summary))
     return 0
 
@@ -160,20 +142,21 @@ def sweep_runs(args: argparse.Namespace) -> tuple[list[EvalConfig], str]:
         for name in ("model", "annotations", "root"):
             if not Path(getattr(config, name)).exists():
                 raise ValueError(f"sweep: {name} {getattr(config, name)!r} does not exist (nothing was run)")
+        check_annotation_file(config.annotations)
     return list(runs.values()), values["out"]
 
 
-@_in_process_group
+@in_process_group
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run every model x merge setting (x dataset) into one results file, skipping finished runs."""
     runs, out = sweep_runs(args)
     for index, config in enumerate(runs, start=1):
         merge = config.merge
-        if _is_rank_zero():
+        if is_main_process():
             print(f"[{index}/{len(runs)}] {Path(config.model).name} r={merge.r} "
                   f"{merge.strategy}/{merge.schedule} on {config.dataset}", file=sys.stderr)
         summary = evaluate(config, new_runs=True, out=out)
-        if _is_rank_zero():
+        if is_main_process():
             print(format_summary(summary))
     return 0
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import VideotomeError
+from .video import VIDEO_EXTENSIONS
 
 DATASETS = ("k400", "ssv2", "epic100", "csv")
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".MP4")
 
 
 class AnnotationError(VideotomeError, ValueError):
@@ -81,16 +81,16 @@ def read_list(annotations: str | Path, root: str | Path) -> list[Sample]:
     rows = [(number, line) for number, line in enumerate(path.read_text().splitlines(), start=1) if line.strip()]
     heads = ["class"]
     expected = "'<relative/path> <integer label>' (or first a header naming the columns, like 'path verb noun')"
-    if rows and not all(re.fullmatch(r"\d+", part) for part in _fields(rows[0][1])[1:]):
+    if rows and not all(re.fullmatch(r"\d+", part) for part in _line_fields(rows[0][1])[1:]):
         number, line = rows.pop(0)
-        names = _fields(line)
+        names = _line_fields(line)
         heads = names[1:]
         if not heads or len(set(heads)) != len(heads) or not all(re.fullmatch(r"[A-Za-z_]\w*", n) for n in names):
             raise _fail(path, number, f"expected a header of distinct column names like 'path verb noun', got {line!r}")
         expected = "'<relative/path> " + " ".join(f"<integer {head}>" for head in heads) + "' (the header's columns)"
     samples = []
     for number, line in rows:
-        parts = _fields(line)
+        parts = _line_fields(line)
         if len(parts) != 1 + len(heads) or not all(re.fullmatch(r"\d+", part) for part in parts[1:]):
             raise _fail(path, number, f"expected {expected}, got {line!r}")
         labels = {head: int(value) for head, value in zip(heads, parts[1:])}
@@ -98,15 +98,16 @@ def read_list(annotations: str | Path, root: str | Path) -> list[Sample]:
     return samples
 
 
-def _fields(line: str) -> list[str]:
+def _line_fields(line: str) -> list[str]:
     """The fields of a list line, split at commas, tabs and spaces."""
     return [part for part in re.split(r"[,\t ]+", line.strip()) if part]
 
 
 def _find_video(root: Path, stem: str, folders: list[str]) -> Path:
-    """Locate ``stem`` with any video extension, at the root or in one of ``folders``; default to the root .mp4."""
+    """Locate ``stem`` with any video extension (lower or upper case), at the root or in one of ``folders``; default
+    to the root .mp4."""
     for folder in ["", *folders]:
-        for extension in VIDEO_EXTENSIONS:
+        for extension in (*VIDEO_EXTENSIONS, *(extension.upper() for extension in VIDEO_EXTENSIONS)):
             candidate = root / folder / f"{stem}{extension}"
             if candidate.is_file():
                 return candidate
@@ -212,9 +213,13 @@ def load_samples(
     class_names: Mapping[str, int] | None = None,
     classes_file: str | Path | None = None,
 ) -> list[Sample]:
-    """Read an annotation file of any supported format (``class_names`` maps Kinetics' names to indices)."""
-    if not Path(annotations).is_file():
-        raise AnnotationError(f"annotation file not found: {annotations}")
+    """Read an annotation file of any supported format (``class_names`` maps Kinetics' names to indices).
+
+    A file that lists no clip (empty, or a header alone) is refused.
+    """
+    path = check_annotation_file(annotations)
+    if not path.read_text().strip():
+        raise _no_clips(path, dataset)
     if dataset == "csv":
         samples = read_list(annotations, root)
     elif dataset == "k400":
@@ -228,8 +233,24 @@ def load_samples(
         samples = read_epic(annotations, root)
     else:
         raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    if not samples:
+        raise _no_clips(path, dataset)
     _check_unique(samples, annotations)
     return samples
+
+
+def check_annotation_file(annotations: str | Path) -> Path:
+    """``annotations`` as a path, refused when it is missing or a directory."""
+    path = Path(annotations)
+    if path.is_dir():
+        raise AnnotationError(f"annotations {path} is a directory; expected an annotation file (CSV, JSON or list)")
+    if not path.is_file():
+        raise AnnotationError(f"annotation file not found: {path}")
+    return path
+
+
+def _no_clips(path: Path, dataset: str) -> AnnotationError:
+    return AnnotationError(f"annotation file {path} lists no clips; expected at least one ({dataset} format)")
 
 
 def _check_unique(samples: list[Sample], annotations: str | Path) -> None:

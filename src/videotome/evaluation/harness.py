@@ -127,13 +127,17 @@ def read_model_config(directory: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def load_classifier(config: EvalConfig, device: torch.device) -> LoadedModel:
-    """Load the classifier (a transformers video model or the Motionformer) and its sampling, preprocessing and
-    heads (flags first, then the checkpoint's own settings, then the family's defaults)."""
+def model_directory(reference: str) -> Path:
+    """The checkpoint directory of ``--model`` (a directory, or a Hub id in the local cache)."""
     try:
-        directory = resolve_model_dir(config.model)
+        return resolve_model_dir(reference)
     except ValueError as error:
         raise EvaluationError(str(error)) from None
+
+
+def load_classifier(config: EvalConfig, directory: Path, device: torch.device) -> LoadedModel:
+    """Load the classifier in ``directory`` (a transformers video model or the Motionformer) and its sampling,
+    preprocessing and heads (flags first, then the checkpoint's own settings, then the family's defaults)."""
     model_type = read_model_config(directory).get("model_type", "")
     if model_type not in VIDEO_MODEL_TYPES:
         raise EvaluationError(f"{directory} holds a {model_type!r} model; expected one of {VIDEO_MODEL_TYPES}")
@@ -221,7 +225,7 @@ class ClipDataset(Dataset):
         return {"sample": sample, "pixels": preprocess(frames, self.preprocessing), "error": None}
 
 
-def _as_list(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _collate_items(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """DataLoader collate: keep items apart, so failed clips travel with the good ones."""
     return batch
 
@@ -298,13 +302,14 @@ def evaluate(config: EvalConfig, *, new_runs: bool = False, resume: bool = False
     holds others. Clips already in the file are skipped, so a resumed run ends with exactly one line per clip.
     """
     check_decoder(config.decoder)
-    context = init_distributed(config.device)
-    loaded = load_classifier(config, context.device)
-    id2label = getattr(loaded.config, "id2label", None) or {}
+    directory = model_directory(config.model)
+    id2label = read_model_config(directory).get("id2label") or {}  # read before the weights: bad annotations fail fast
     samples = load_samples(
         config.dataset, config.annotations, config.root, class_names_from_id2label(id2label), config.classes
     )
     samples = samples[: config.limit] if config.limit is not None else samples
+    context = init_distributed(config.device)
+    loaded = load_classifier(config, directory, context.device)
     heads = loaded.heads
     apply_reduction(loaded.model, config.merge)
     check_labels(samples, _probe(loaded, heads, context.device), config.annotations)
@@ -332,7 +337,9 @@ def evaluate(config: EvalConfig, *, new_runs: bool = False, resume: bool = False
         shard = remaining[context.rank :: context.world]
         steps = math.ceil(math.ceil(len(remaining) / context.world) / config.batch_size)
         dataset = ClipDataset(shard, loaded.sampling, loaded.preprocessing, config.decoder)
-        loader = DataLoader(dataset, batch_size=config.batch_size, num_workers=config.workers, collate_fn=_as_list)
+        loader = DataLoader(
+            dataset, batch_size=config.batch_size, num_workers=config.workers, collate_fn=_collate_items
+        )
         return score(
             loaded.model,
             _padded(loader, steps),

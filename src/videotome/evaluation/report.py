@@ -149,7 +149,7 @@ def table(rows: Sequence[TableRow]) -> tuple[list[str], list[list[str]]]:
         for dataset, names in columns.items():
             metrics = row.accuracy.get(dataset, {})
             cells += [_percent(metrics.get(m)) for m in names]
-        cells += [_number(row.fps), _number(row.frames_per_s), "" if row.speedup is None else f"{row.speedup:.2f}x"]
+        cells += [_rate(row.fps), _rate(row.frames_per_s), "" if row.speedup is None else f"{row.speedup:.2f}x"]
         body.append(cells)
     return header, body
 
@@ -158,7 +158,8 @@ def _percent(value: float | None) -> str:
     return "" if value is None else f"{100 * value:.2f}"
 
 
-def _number(value: float | None) -> str:
+def _rate(value: float | None) -> str:
+    """A per-second rate with one decimal ("" when unknown)."""
     return "" if value is None else f"{value:.1f}"
 
 

@@ -24,6 +24,8 @@ from ..loading import stored_settings
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: the suffixes of the video files the commands look for (containers PyAV decodes), matched in any case
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
 HALF = (0.5, 0.5, 0.5)
 SAMPLING_MODES = ("uniform", "dense")
 DECODERS = ("pyav", "decord")

@@ -64,7 +64,6 @@ class MotionformerConfig(PreTrainedConfig):
     head_names (`list[str]`, *optional*): Names of the heads in `head_sizes` (e.g. `["verb", "noun"]`), used as
         keys of the output's `head_logits`; defaults to `head0`, `head1`, .... Lists rather than a dict keep the
         order through `config.json`, whose keys are saved sorted.
-        `num_labels` classes is built.
     """
 
     model_type = "motionformer"
@@ -228,30 +227,21 @@ class MotionformerAttention(nn.Module):
         return softmax_last_dim(logits) @ value
 
     def spatial_attention(
-        self,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        num_frames: int,
-        size_bias: torch.Tensor | None = None,
+        self, query: torch.Tensor, frame_keys: torch.Tensor, frame_values: torch.Tensor, bias: torch.Tensor | None
     ) -> torch.Tensor:
         """Attend from every patch query to each frame's patches separately.
 
-        Returns the trajectory tokens, (batch, heads, num_frames, S, head_dim) with S = N - 1 patch queries:
-        entry [.., t, i, :] pools frame t's values for query i with a softmax over frame t's keys. The class
-        token is neither a query nor a key here.
+        ``query`` (batch, heads, S, head_dim) holds the S = N - 1 patch queries; ``frame_keys`` and ``frame_values``
+        (batch, heads, num_frames, P, head_dim) each frame's P patches (the class token is neither a query nor a key
+        here); ``bias`` (batch, 1, num_frames, 1, P), if given, is added to the keys' logits. Returns the trajectory
+        tokens, (batch, heads, num_frames, S, head_dim): entry [.., t, i, :] pools frame t's values for query i
+        with a softmax over frame t's keys.
         """
-        batch_size, num_heads, seq_len, head_dim = query.shape
-        tokens_per_frame = (seq_len - 1) // num_frames
-        frame_shape = (batch_size, num_heads, num_frames, tokens_per_frame, head_dim)
-        patch_query = (query[:, :, 1:] * self.scale).unsqueeze(2)
-        frame_keys = key[:, :, 1:].reshape(frame_shape)
-        logits = patch_query @ frame_keys.transpose(-2, -1)
-        if size_bias is not None:
-            frame_bias = size_bias[:, 1:].reshape(batch_size, 1, num_frames, 1, tokens_per_frame)
-            logits = logits + frame_bias.to(logits.dtype)
+        logits = (query * self.scale).unsqueeze(2) @ frame_keys.transpose(-2, -1)
+        if bias is not None:
+            logits = logits + bias.to(logits.dtype)
         weights = self.attn_drop(softmax_last_dim(logits))
-        return weights @ value[:, :, 1:].reshape(frame_shape)
+        return weights @ frame_values
 
     def temporal_attention(self, trajectories: torch.Tensor) -> torch.Tensor:
         """Attend along each query's trajectory over frames; returns (batch, S, hidden).
@@ -306,7 +296,14 @@ class MotionformerAttention(nn.Module):
             )
         cls_output = self.class_attention(query, key, value, size_bias)
         cls_output = cls_output.transpose(1, 2).reshape(batch_size, 1, num_heads * head_dim)
-        trajectories = self.spatial_attention(query, key, value, num_frames, size_bias)
+        tokens_per_frame = (seq_len - 1) // num_frames
+        frame_shape = (batch_size, num_heads, num_frames, tokens_per_frame, head_dim)
+        frame_bias = None
+        if size_bias is not None:
+            frame_bias = size_bias[:, 1:].reshape(batch_size, 1, num_frames, 1, tokens_per_frame)
+        trajectories = self.spatial_attention(
+            query[:, :, 1:], key[:, :, 1:].reshape(frame_shape), value[:, :, 1:].reshape(frame_shape), frame_bias
+        )
         patch_output = self.temporal_attention(trajectories)
         output = torch.cat((cls_output, patch_output), dim=1)
         return self.proj_drop(self.proj(output))

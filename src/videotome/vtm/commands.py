@@ -11,6 +11,7 @@ import argparse
 import json
 from dataclasses import asdict, dataclass, field
 
+from videotome.distributed import in_process_group
 from videotome.options import add_options, build, from_args, given
 from videotome.vtm.bench import VTMBenchConfig
 from videotome.vtm.train import DATASET_MODEL_DEFAULTS, TrainConfig
@@ -50,22 +51,23 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     add_options(train, TrainConfig)
     train.add_argument("--overwrite", action="store_true",
                        help="start afresh over a run in OUT (an unfinished one is otherwise continued)")
-    train.set_defaults(func=run_train)
+    train.set_defaults(func=cmd_vtm_train)
     evaluate = vtm_commands.add_parser("eval", help="evaluate a checkpoint")
     add_options(evaluate, VTMEvalConfig)
-    evaluate.set_defaults(func=run_eval)
+    evaluate.set_defaults(func=cmd_vtm_eval)
     bench = vtm_commands.add_parser("bench", help="samples/s and peak memory of VTM against the unmerged baseline")
     add_options(bench, VTMBenchConfig)
     bench.add_argument("--json", action="store_true", help="print a JSON list, one object per gamma, instead of lines")
-    bench.set_defaults(func=run_bench)
+    bench.set_defaults(func=cmd_vtm_bench)
     features = subparsers.add_parser("features", help="frozen per-frame token features of videos")
     feature_commands = features.add_subparsers(dest="features_command", required=True, metavar="COMMAND")
     extract = feature_commands.add_parser("extract", help="per-frame backbone tokens and motion magnitudes of videos")
     add_options(extract, ExtractConfig)
-    extract.set_defaults(func=run_extract)
+    extract.set_defaults(func=cmd_features_extract)
 
 
-def run_train(args: argparse.Namespace) -> int:
+@in_process_group
+def cmd_vtm_train(args: argparse.Namespace) -> int:
     """Train (continuing an unfinished run in ``--out``) and print the last evaluation as JSON."""
     from videotome.vtm.train import train
 
@@ -78,7 +80,7 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_eval(args: argparse.Namespace) -> int:
+def cmd_vtm_eval(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint and print the metric as JSON."""
     from videotome.vtm.train import evaluate, load_model
 
@@ -91,7 +93,7 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_bench(args: argparse.Namespace) -> int:
+def cmd_vtm_bench(args: argparse.Namespace) -> int:
     """Benchmark and print one line per gamma, or with ``--json`` a list of one object per gamma."""
     from videotome.vtm.bench import benchmark
 
@@ -109,7 +111,7 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_extract(args: argparse.Namespace) -> int:
+def cmd_features_extract(args: argparse.Namespace) -> int:
     """Extract features; exit code 1 when some video failed in this run (OUT/failed.tsv lists every video that
     failed and is not done yet, one line each)."""
     import torch

@@ -38,10 +38,8 @@ from torch import Tensor
 from tqdm import tqdm
 
 from videotome.errors import VideotomeError
+from videotome.evaluation.video import IMAGENET_MEAN, IMAGENET_STD, VIDEO_EXTENSIONS
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
 FAILED_LIST = "failed.tsv"
 
 
@@ -184,7 +182,7 @@ def list_videos(directory: Path) -> list[Path]:
     """Video files directly in ``directory``, sorted."""
     if not directory.is_dir():
         raise FileNotFoundError(f"--videos {directory} is not a directory")
-    return sorted(p for p in directory.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+    return sorted(p for p in directory.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS)
 
 
 def extract_directory(

@@ -149,7 +149,7 @@ class VTMOutput(NamedTuple):
     aux_logits: Tensor | None = None
 
 
-class TokenState(NamedTuple):
+class WindowTokens(NamedTuple):
     """Tokens of a batch of windows and what they carry through merges.
 
     ``x`` (B, N, C); ``size`` (B, N, 1) patches per token; ``centrality`` and ``motion`` (B, N, 1), size-weighted
@@ -161,13 +161,13 @@ class TokenState(NamedTuple):
     centrality: Tensor
     motion: Tensor | None
 
-    def fold(self, windows: int) -> TokenState:
+    def fold(self, windows: int) -> WindowTokens:
         """Split each sequence into ``windows`` equal runs folded into the batch: (B, N, .) -> (B * w, N / w, .)."""
-        return TokenState(*(None if t is None else t.reshape(t.shape[0] * windows, -1, t.shape[-1]) for t in self))
+        return WindowTokens(*(None if t is None else t.reshape(t.shape[0] * windows, -1, t.shape[-1]) for t in self))
 
-    def unfold(self, windows: int) -> TokenState:
+    def unfold(self, windows: int) -> WindowTokens:
         """Undo :meth:`fold`."""
-        return TokenState(*(None if t is None else t.reshape(t.shape[0] // windows, -1, t.shape[-1]) for t in self))
+        return WindowTokens(*(None if t is None else t.reshape(t.shape[0] // windows, -1, t.shape[-1]) for t in self))
 
 
 class WindowAttention(nn.Module):
@@ -213,8 +213,8 @@ class VTMBlock(nn.Module):
         self.linear = nn.Linear(in_dim, out_dim)
 
     def attend(
-        self, state: TokenState, key_saliency: nn.Module | None = None, bias_scale: float = 1.0
-    ) -> tuple[TokenState, Tensor]:
+        self, state: WindowTokens, key_saliency: nn.Module | None = None, bias_scale: float = 1.0
+    ) -> tuple[WindowTokens, Tensor]:
         """Attention step: the new state and the keys (B, heads, N, head dim). With ``key_saliency`` (U_s, the
         auxiliary path) ``bias_scale`` times each key's saliency is added to the attention logits."""
         q, k, v = self.attention.project_qkv(self.norm(state.x))
@@ -240,20 +240,20 @@ def saliency_scores(projection: nn.Module, keys: Tensor) -> Tensor:
 
 
 def merge_window(
-    state: TokenState,
+    state: WindowTokens,
     keys: Tensor,
     target_idx: Tensor,
     source_idx: Tensor,
     num_merged: int,
     weighted: bool,
-) -> TokenState:
+) -> WindowTokens:
     """Merge ``num_merged`` sources into targets per window by key cosine; carry sizes, centrality and motion."""
     reduction = bipartite_soft_matching(keys, num_merged, a_idx=source_idx, b_idx=target_idx)
     x, _ = merge_wavg(reduction, state.x, state.size if weighted else None)
     carried = [state.centrality] if state.motion is None else [state.centrality, state.motion]
     means, _ = merge_wavg(reduction, torch.cat(carried, dim=-1), state.size)
     motion = None if state.motion is None else means[..., 1:2]
-    return TokenState(x, apply(reduction, state.size), means[..., 0:1], motion)
+    return WindowTokens(x, apply(reduction, state.size), means[..., 0:1], motion)
 
 
 class VideoTokenMerger(nn.Module):
@@ -280,7 +280,7 @@ class VideoTokenMerger(nn.Module):
             if config.aux_weights == "separate":
                 self.aux_blocks = copy.deepcopy(self.blocks)
 
-    def initial_state(self, tokens: Tensor, motion: Tensor | None) -> TokenState:
+    def initial_state(self, tokens: Tensor, motion: Tensor | None) -> WindowTokens:
         """Flatten (B, T, N, C) frames into one sequence per video with unit sizes, centrality and motion."""
         batch, frames, per_frame, channels = tokens.shape
         self.config.check_frames(frames)
@@ -295,9 +295,9 @@ class VideoTokenMerger(nn.Module):
             if motion.shape != tokens.shape[:3]:
                 raise ValueError(f"motion has shape {tuple(motion.shape)}, expected {tuple(tokens.shape[:3])}")
             motion = motion.reshape(batch, -1, 1).to(tokens.dtype)
-        return TokenState(tokens.reshape(batch, -1, channels), size, centrality, motion)
+        return WindowTokens(tokens.reshape(batch, -1, channels), size, centrality, motion)
 
-    def run_blocks(self, state: TokenState, blocks: nn.ModuleList, frames: int, auxiliary: bool) -> Tensor:
+    def run_blocks(self, state: WindowTokens, blocks: nn.ModuleList, frames: int, auxiliary: bool) -> Tensor:
         """The blocks over nested windows, then average pooling: (B, C_out)."""
         config = self.config
         for index, (block, window) in enumerate(zip(blocks, config.windows)):
@@ -312,7 +312,7 @@ class VideoTokenMerger(nn.Module):
             state = state._replace(x=block.project(state.x)).unfold(windows)
         return state.x.mean(dim=1)
 
-    def merge(self, state: TokenState, keys: Tensor, saliency: Tensor | None) -> TokenState:
+    def merge(self, state: WindowTokens, keys: Tensor, saliency: Tensor | None) -> WindowTokens:
         """Choose targets with the configured partition and merge the windows' sources into them."""
         config = self.config
         batch, num_tokens = keys.shape[:2]

@@ -7,8 +7,8 @@ stopped, with the same batches and random draws as an uninterrupted one, and dro
 checkpoint, so the log has one line per epoch. A finished run (as many epochs as configured) is refused unless
 ``overwrite=True``, which starts afresh; so is a run with another configuration (only ``epochs``, ``out`` and
 ``workers`` may change: more epochs extend a finished run). Several processes
-(``torchrun --nproc-per-node N -m videotome vtm train ...``) train with DistributedDataParallel, over gloo on CPUs
-and NCCL on GPUs; the batch size is per process.
+(``torchrun --nproc-per-node N -m videotome vtm train ...``) train with DistributedDataParallel on CPUs, over
+gloo (:mod:`videotome.distributed`), even where a GPU is visible; the batch size is per process.
 
 Training takes one random window of ``frames`` frames per video per epoch (LVU) or one random frame per segment
 (Breakfast, COIN). Evaluation on LVU slides a ``frames``-frame window over the whole video with stride
@@ -20,18 +20,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
+from videotome.distributed import barrier, init_distributed
 from videotome.errors import VideotomeError
 from videotome.vtm.data import (
     LVU_TASKS,
@@ -156,14 +155,6 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def init_distributed() -> tuple[int, int]:
-    """(rank, world size); joins the process group when started by torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return (dist.get_rank(), world) if world > 1 else (0, 1)
-
-
 def save_checkpoint(path: Path, model: nn.Module, optimizer, scheduler, epoch: int, config: TrainConfig) -> None:
     """Write the state after ``epoch`` completed epochs, atomically."""
     state = {
@@ -238,13 +229,13 @@ def config_differences(saved: TrainConfig, current: TrainConfig) -> list[str]:
             if name not in RESUMABLE_CHANGES and before[name] != after[name]]
 
 
-def previous_run(config: TrainConfig, overwrite: bool, rank: int) -> dict | None:
+def previous_run(config: TrainConfig, overwrite: bool, is_main: bool) -> dict | None:
     """The checkpoint in ``config.out`` to continue from, or None to start afresh (``overwrite`` removes the old
-    checkpoint and log). A finished run, or one with another configuration, is refused."""
+    checkpoint and log, on the main process). A finished run, or one with another configuration, is refused."""
     out = Path(config.out)
     checkpoint = out / CHECKPOINT
     if overwrite:
-        if rank == 0:
+        if is_main:
             checkpoint.unlink(missing_ok=True)
             (out / LOG).unlink(missing_ok=True)
         return None
@@ -285,18 +276,18 @@ def train(config: TrainConfig, overwrite: bool = False) -> dict:
 
     An unfinished run in ``config.out`` is continued; ``overwrite`` starts afresh over a finished (or any) one.
     """
-    rank, world = init_distributed()
+    context = init_distributed("cpu")  # the network trains on CPUs, over gloo
     torch.manual_seed(config.seed)
     config = prepare_config(config)
     spec = task_spec(config)
     out = Path(config.out)
-    state = previous_run(config, overwrite, rank)
+    state = previous_run(config, overwrite, context.is_main)
     start_epoch = 0 if state is None else state["epoch"]
-    if rank == 0:
+    if context.is_main:
         out.mkdir(parents=True, exist_ok=True)
         trim_log(out / LOG, start_epoch)
     dataset = build_dataset(config, "train", train=True)
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=config.seed)
+    sampler = DistributedSampler(dataset, num_replicas=context.world, rank=context.rank, shuffle=True, seed=config.seed)
     loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers)
     steps_per_epoch = min(len(loader), config.max_steps_per_epoch or len(loader))
     model = VideoTokenMerger(config.model)
@@ -308,20 +299,19 @@ def train(config: TrainConfig, overwrite: bool = False) -> dict:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
-    network = DistributedDataParallel(model) if world > 1 else model
+    network = DistributedDataParallel(model) if context.world > 1 else model
     metrics: dict = {}
     for epoch in range(start_epoch, config.epochs):
         sampler.set_epoch(epoch)
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(epoch)
-        loss = train_epoch(network, loader, optimizer, scheduler, config, spec, steps_per_epoch, rank == 0, epoch)
-        if rank == 0:
+        loss = train_epoch(network, loader, optimizer, scheduler, config, spec, steps_per_epoch, context.is_main, epoch)
+        if context.is_main:
             metrics = {"epoch": epoch + 1, "train_loss": loss, **evaluate(model, config, config.eval_split)}
             with (out / LOG).open("a") as log:
                 log.write(json.dumps(metrics) + "\n")
             save_checkpoint(out / CHECKPOINT, model, optimizer, scheduler, epoch + 1, config)
-        if world > 1:
-            dist.barrier()
+        barrier(context)
     return metrics
 
 
@@ -388,10 +378,10 @@ def evaluate(model: VideoTokenMerger, config: TrainConfig, split: str) -> dict[s
             predictions.append(model(batch["tokens"], batch.get("motion")).logits)
             labels.append(batch["label"])
         predictions, labels = torch.cat(predictions), torch.cat(labels)
-    return score(predictions, labels, spec.regression, split)
+    return split_metric(predictions, labels, spec.regression, split)
 
 
-def score(predictions: Tensor, labels: Tensor, regression: bool, split: str) -> dict[str, float]:
+def split_metric(predictions: Tensor, labels: Tensor, regression: bool, split: str) -> dict[str, float]:
     """``{split}_accuracy`` from class scores, or ``{split}_mse`` from predicted values."""
     if regression:
         return {f"{split}_mse": float(((predictions.squeeze(-1) - labels) ** 2).mean())}
