@@ -22,7 +22,7 @@ from tqdm import tqdm
 from videotome.bench import BenchConfig, BenchResult, run_bench
 from videotome.evaluation.report import to_markdown
 from videotome.plan import MergeSettings
-from videotome.testbed.demo import operating_r
+from videotome.testbed.settings import operating_r
 from videotome.testbed.models import ARCHITECTURES, checkpoint_dir, load_checkpoint
 
 
