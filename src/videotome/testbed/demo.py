@@ -29,7 +29,7 @@ from .models import ARCHITECTURES, CHECKPOINTS, load_checkpoint, require_checkpo
 from .settings import default_settings, full_settings, patched_copy
 from .visualize import plot_merges
 
-#: validation clips scored without ``limit``: the default table's, and the full analyses' (the whole set)
+#: validation clips the default table scores without ``limit`` (``full`` scores all of them)
 DEFAULT_LIMIT = 512
 
 
