@@ -21,9 +21,8 @@ from tqdm import tqdm
 
 from videotome.bench import BenchConfig, BenchResult, run_bench
 from videotome.evaluation.report import to_markdown
-from videotome.plan import MergeSettings
-from videotome.testbed.demo import operating_r
 from videotome.testbed.models import ARCHITECTURES, checkpoint_dir, load_checkpoint
+from videotome.testbed.settings import operating_point
 
 
 HEADER = ["model", "batch", "clips/s unmerged -> merged", "speedup", "FLOP ratio", "speedup / FLOP ratio", "merge step"]
@@ -67,10 +66,10 @@ def main() -> None:
     body, best = [], {}
     progress = tqdm(total=len(args.models) * len(args.batches), desc="testbed batches", unit="run")
     for arch in args.models:
-        r = operating_r(load_checkpoint(arch), arch)
+        settings = operating_point(load_checkpoint(arch), arch)
         results = []
         for batch in args.batches:
-            config = BenchConfig(str(checkpoint_dir(arch)), MergeSettings(r), batch_size=batch, repeats=args.repeats)
+            config = BenchConfig(str(checkpoint_dir(arch)), settings, batch_size=batch, repeats=args.repeats)
             result = run_bench(config, progress=False)
             results.append(result)
             body.append(row(arch, result))

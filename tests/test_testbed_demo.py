@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import av
 import numpy as np
@@ -14,10 +13,15 @@ import torch
 import videotome
 from videotome.cli import build_parser, main
 from videotome.evaluation.results import read_runs
+from videotome.options import from_args
+from videotome.plan import SCHEDULES, STRATEGIES, MergeSettings
 from videotome.testbed import train as train_module
 from videotome.testbed.data import Clips, validation_set
-from videotome.testbed.demo import run_demo
+from videotome.testbed.demo import DemoConfig, run_demo
+from videotome.testbed.export import GenerateConfig
 from videotome.testbed.models import (
+    ARCHITECTURES,
+    CHECKPOINTS,
     build_model,
     checkpoint_dir,
     head_logits,
@@ -25,6 +29,17 @@ from videotome.testbed.models import (
     read_metadata,
     sinusoid_table,
 )
+from videotome.testbed.settings import (
+    DEFAULT_STRATEGIES,
+    THRESHOLDS,
+    default_settings,
+    full_settings,
+    is_divided,
+    operating_point,
+    operating_r,
+    patched_copy,
+)
+from videotome.testbed.train import TrainConfig
 from videotome.testbed.visualize import frame_steps
 
 ROW_KEYS = {"model", "strategy", "r", "schedule", "divided", "verb", "noun", "action", "clips_per_s", "speedup"}
@@ -39,6 +54,12 @@ def run(argv: list[str]) -> int:
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+def markdown_cells(path: Path) -> list[dict[str, str]]:
+    """A Markdown table's body rows, each as {column title: cell}."""
+    lines = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in path.read_text().splitlines()]
+    return [dict(zip(lines[0], cells)) for cells in lines[2:]]
+
+
 def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     models = ["videomae", "timesformer"]
     if not all((checkpoint_dir(arch) / "config.json").is_file() for arch in models):
@@ -47,41 +68,97 @@ def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     argv = ["demo", "--models", *models, "--limit", "16", "--timing-clips", "16", "--repeats", "1"]
     assert run([*argv, "--out", str(out), "--json", "--no-progress"]) == 0
     rows = json.loads(capsys.readouterr().out)["rows"]
-    assert len(rows) == 10 and all(ROW_KEYS <= set(row) for row in rows)
-    assert {row["r"] for row in rows if row["model"] == "videomae" and row["r"]} == {12}  # 9.6% of 128 tokens
-    assert {row["r"] for row in rows if row["model"] == "timesformer" and row["r"]} == {1}  # 18/196 of 16 per frame
-    assert all(row["divided"] == "per_frame" for row in rows if row["model"] == "timesformer" and row["r"])
-    for name in ("table.md", "results.jsonl", "accuracy_vs_speedup.png", "merges.png"):
+    for name in ("table.md", "table.csv", "results.jsonl", "merges.png", "testbed-videomae_accuracy_vs_speedup.png",
+                 "testbed-timesformer_accuracy_vs_r.png"):
         assert (out / name).stat().st_size > 0
+    assert not (out / "rows.json").exists()
     runs = read_runs(out / "results.jsonl")
-    assert len(runs) == 10 and all(len(run.records) == 16 for run in runs)
-    assert "| videomae | merge | 12 | constant |" in (out / "table.md").read_text()
+    assert len(runs) == 10 and len(rows) == 10 and all(len(result.records) == 16 for result in runs)
+
+    # `videotome report` of the demo's results.jsonl is the demo's own table, cell for cell
+    assert main(["report", str(out / "results.jsonl"), "--out", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "table.md").read_text() == (out / "table.md").read_text()
+    cells = {(row["model"], row["strategy"]): row for row in markdown_cells(out / "table.md")}
+    assert len(cells) == 10 and cells[("testbed-videomae", "merge")]["r"] == "12"  # 9.6% of 128 tokens
+    assert cells[("testbed-timesformer", "merge")]["r"] == "1"  # 18/196 of 16 tokens per frame
+
+    # every number of the table and of the JSON rows is that run's in results.jsonl
+    by_setting = {(row["model"], json.dumps(row["merge"], sort_keys=True)): row for row in rows}
     clips = validation_set(16)
     for arch in models:
         model = load_checkpoint(arch)
-        model_rows = [row for row in rows if row["model"] == arch]
-        assert [row["strategy"] for row in model_rows] == ["none", "merge", "drop", "random_drop", "random_merge"]
-        baseline = model_rows[0]
-        assert baseline["r"] == 0 and baseline["speedup"] == 1.0
-        for row in model_rows:
-            assert row["speedup"] == pytest.approx(row["clips_per_s"] / baseline["clips_per_s"])
-            recorded = {key: row[key] for key in ("verb", "noun", "action")}
-            assert row_accuracy(model, row, clips) == pytest.approx(recorded)
+        mine = [result for result in runs if result.settings["model"] == f"testbed-{arch}"]
+        settings = [MergeSettings.from_dict(result.settings["merge"]) for result in mine]
+        assert settings == default_settings(model, arch)
+        assert [merge.strategy for merge in settings[1:]] == ["merge", "drop", "random_drop", "random_merge"]
+        assert all(merge.divided == "per_frame" and merge.seed == 0 for merge in settings)
+        baseline_rate = mine[0].summaries[-1]["throughput"]["model_clips_per_s"]
+        for result, merge in zip(mine, settings):
+            metrics, speed = result.summaries[-1]["metrics"], result.summaries[-1]["throughput"]
+            rate = speed["model_clips_per_s"]
+            assert speed["timing"] == "interleaved" and speed["timing_batch"] == 16
+            row = by_setting[(f"testbed-{arch}", json.dumps(merge.to_dict(), sort_keys=True))]
+            accuracy = row["accuracy"]["testbed"]
+            for head in ("verb", "noun", "action"):
+                assert accuracy[f"{head}_top1"] == metrics[f"{head}_top1"]
+            assert row["clips_per_s"] == rate and row["speedup"] == pytest.approx(rate / baseline_rate)
+            line = cells[(f"testbed-{arch}", merge.strategy if merge.reduces else "none")]
+            assert line["r"] == str(merge.r) and line["schedule"] == (merge.schedule if merge.reduces else "none")
+            for head in ("verb", "noun", "action"):
+                assert line[f"testbed {head}"] == f"{100 * metrics[f'{head}_top1']:.2f}"
+            assert line["clips/s"] == f"{rate:.1f}" and line["speedup"] == f"{rate / baseline_rate:.2f}x"
+            direct = row_accuracy(model, merge, clips)
+            assert direct == pytest.approx({head: metrics[f"{head}_top1"] for head in direct})
 
 
-def row_accuracy(model: torch.nn.Module, row: dict[str, Any], clips: Clips) -> dict[str, float]:
-    """Verb, noun and action accuracy of ``model`` with a demo row's setting (unpatched for r = 0), scored directly
-    on ``clips`` (one batch, as the demo scores 16 clips, with its seed for the random strategies)."""
+def row_accuracy(model: torch.nn.Module, merge: MergeSettings, clips: Clips) -> dict[str, float]:
+    """Verb, noun and action accuracy of ``model`` with a demo run's merge settings (unpatched when they remove
+    nothing), scored directly on ``clips`` (one batch, as the demo scores 16 clips)."""
     videotome.unpatch(model)
-    if row["r"]:
-        videotome.patch(model, row["r"], schedule=row["schedule"], strategy=row["strategy"],
-                        divided=row["divided"] or "per_frame", seed=0)
+    if merge.reduces:
+        videotome.patch(model, merge)
     with torch.inference_mode():
         logits = head_logits(model, clips.pixels())
     verb = logits["verb"].argmax(-1) == clips.verb
     noun = logits["noun"].argmax(-1) == clips.noun
     return {"verb": verb.float().mean().item(), "noun": noun.float().mean().item(),
             "action": (verb & noun).float().mean().item()}
+
+
+def test_demo_settings_are_the_library_settings() -> None:
+    assert DEFAULT_STRATEGIES == tuple(strategy for strategy in STRATEGIES if strategy != "hybrid")
+    for arch in ("videomae", "timesformer"):
+        model = build_model(arch)
+        r = operating_r(model, arch)
+        default, full = default_settings(model, arch), full_settings(model, arch)
+        assert default == [MergeSettings()] + [MergeSettings(r, strategy=name) for name in DEFAULT_STRATEGIES]
+        assert full[: len(default)] == default and len(set(full)) == len(full)
+        assert [merge.threshold for merge in full if merge.strategy == "hybrid"] == list(THRESHOLDS)
+        assert {merge.schedule for merge in full if merge.reduces} == set(SCHEDULES)
+        assert any(merge.divided == "aligned" for merge in full) == is_divided(arch)
+        assert operating_point(model, arch) == MergeSettings(r)
+        assert patched_copy(model, MergeSettings()) is model
+    assert operating_r(build_model("videomae"), "videomae") == 12  # 9.6% of 128 tokens
+    assert operating_r(build_model("timesformer"), "timesformer") == 1  # 18/196 of 16 tokens per frame
+
+
+def test_flags_keep_their_defaults() -> None:
+    parser = build_parser()
+    demo = from_args(DemoConfig, parser.parse_args(["demo"]))
+    assert demo == DemoConfig(models=ARCHITECTURES, limit=None, out="demo_out", full=False, batch_size=128,
+                              timing_clips=128, repeats=3, checkpoints=str(CHECKPOINTS), progress=True)
+    assert (demo.clips, DemoConfig(full=True).clips, DemoConfig(limit=7, full=True).clips) == (512, 1024, 7)
+    assert not parser.parse_args(["demo"]).json and parser.parse_args(["demo", "--json"]).json
+    given = from_args(DemoConfig, parser.parse_args(["demo", "--no-progress", "--models", "vivit", "--full"]))
+    assert (given.progress, given.models, given.full) == (False, ("vivit",), True)
+    args = parser.parse_args(["testbed", "train", "--arch", "vivit", "--out", "x"])
+    assert from_args(TrainConfig, args) == TrainConfig(
+        arch="vivit", out="x", steps=800, batch_size=64, lr=1.5e-3, weight_decay=0.05, warmup=50, seed=0,
+        eval_clips=512, save_every=50, pool=0, threads=None, init=None,
+    )
+    assert not args.overwrite and args.threads is None
+    generate = from_args(GenerateConfig, parser.parse_args(["testbed", "generate", "--out", "x"]))
+    assert generate == GenerateConfig(out="x", split="val", count=64, seed=None)
 
 
 def test_generate_writes_the_validation_clips_losslessly(tmp_path: Path) -> None:
@@ -112,11 +189,12 @@ def test_train_resumes_from_its_saved_state(tmp_path: Path, monkeypatch: pytest.
     optimizer = torch.optim.AdamW(model.parameters())
     out.mkdir()
     train_module._save_state(out / train_module.STATE_FILE, model, optimizer, config, step=1, elapsed=1.0)
-    assert run([*argv, "--steps", "2", "--save-every", "1"]) == 0
+    assert run([*argv, "--steps", "2", "--save-every", "1", "--threads", "1"]) == 0
     assert seeds == [1]  # only the second step ran: the first was in the saved state
     assert not (out / train_module.STATE_FILE).exists()
     record = read_metadata(out)
     assert record["arch"] == "videomae" and record["command"].startswith("videotome testbed train --arch=videomae")
+    assert record["config"]["threads"] == 1 and "--threads=1" in record["command"]  # cli.py's flag, recorded
     assert set(record["validation_accuracy"]) == {"verb", "noun", "action"}
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
 
@@ -171,8 +249,14 @@ def test_bad_arguments_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[s
         run(["demo", "--threads", "0", "--limit", "1"])
     assert "argument --threads: expected an integer >= 1, got '0'" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"unknown testbed models \['resnet'\]; expected some of \('videomae'"):
-        run_demo(["resnet"], out=tmp_path)
+        run_demo(models=["resnet"], out=tmp_path)
     assert not any(tmp_path.iterdir())
+    assert main(["testbed", "generate", "--split", "train", "--out", str(tmp_path / "clips")]) == 2
+    assert capsys.readouterr().err == (
+        "videotome testbed generate: error: the train split needs a seed (only the validation split has a fixed "
+        "one)\n"
+    )
+    assert not (tmp_path / "clips").exists()
 
 
 def test_demo_refuses_a_limit_below_one_and_missing_checkpoints_before_any_work(

@@ -4,7 +4,8 @@ A command's flags come from the fields of the dataclass it runs on (:func:`add_o
 arguments go back into that dataclass (:func:`from_args`): the dataclass holds each option's name, type, default,
 choices and help once. Field metadata refines a flag: ``help``; ``choices``; ``parse`` (text to value, raising
 ``ValueError`` with a message naming the value); ``flag`` and ``aliases`` (other spellings); ``metavar``;
-``cli=False`` (no flag). A field whose type is itself a dataclass adds that dataclass's flags as a group.
+``cli=False`` (no flag); :func:`option` writes such a field in one call. A field whose type is itself a dataclass
+adds that dataclass's flags as a group.
 
 This module sits below ``cli`` and every command module, so none of them imports another.
 """
@@ -74,6 +75,12 @@ def _fields(cls: type) -> Iterator[tuple[dataclasses.Field, Any]]:
     for item in dataclasses.fields(cls):
         if item.metadata.get("cli", True):
             yield item, _base_type(hints[item.name])
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", **metadata: Any) -> Any:
+    """A dataclass field that is a flag: its default (none: a required flag), its help and any other metadata key
+    of this module (``choices``, ``flag``, ...)."""
+    return dataclasses.field(default=default, metadata={"help": help, **metadata})
 
 
 def flag_of(item: dataclasses.Field) -> str:

@@ -69,6 +69,12 @@ class TableRow:
         parts += [f"seed={merge.seed}"] if merge.strategy.startswith("random") and merge.seed != default.seed else []
         return " ".join(parts)
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values: the model, its merge settings, each dataset's metrics (accuracies as fractions),
+        clips/s, frames/s and the speedup (None where not timed)."""
+        return {"model": self.model, "merge": self.merge.to_dict(), "accuracy": self.accuracy, "clips_per_s": self.fps,
+                "frames_per_s": self.frames_per_s, "speedup": self.speedup}
+
 
 def dataset_label(settings: Mapping[str, Any]) -> str:
     """Column group name: the dataset, or for plain lists the annotation file's name."""
@@ -179,14 +185,20 @@ def to_csv(header: list[str], body: list[list[str]]) -> str:
     return buffer.getvalue()
 
 
-def plot(rows: Sequence[TableRow], out_dir: Path) -> list[Path]:
-    """Accuracy against r and against speedup per model: one subplot per dataset, one line per strategy/schedule
-    (and options), the unmerged row the first point of every line."""
+def pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot(rows: Sequence[TableRow], out_dir: Path) -> list[Path]:
+    """Accuracy against r and against speedup per model: one subplot per dataset, one line per strategy/schedule
+    (and options), the unmerged row the first point of every line."""
+    plt = pyplot()
     written = []
     for model in sorted({row.model for row in rows}):
         mine = [row for row in rows if row.model == model]
@@ -228,7 +240,8 @@ def _slug(name: str) -> str:
 
 
 def write_report(paths: Sequence[str | Path], out_dir: str | Path, by: str = "checkpoint") -> dict[str, Any]:
-    """Write ``table.md``, ``table.csv`` and the plots into ``out_dir``; return the paths and the Markdown table."""
+    """Write ``table.md``, ``table.csv`` and the plots into ``out_dir``; return the paths, the Markdown table and the
+    rows."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = collect_rows(paths, by)
@@ -241,4 +254,5 @@ def write_report(paths: Sequence[str | Path], out_dir: str | Path, by: str = "ch
         "table_md": out_dir / "table.md",
         "table_csv": out_dir / "table.csv",
         "plots": plot(rows, out_dir),
+        "rows": rows,
     }

@@ -8,28 +8,45 @@ OUT --annotations OUT/labels.csv`` scores them as the demo does in memory.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
-from .data import HEADS, NOUNS, VERBS, generate, validation_set
+from ..options import option
+from .data import HEADS, NOUNS, SPLITS, VERBS, generate, validation_set
 
 FPS = 8
 LABELS = "labels.csv"
 
 
-def write_videos(split: str, count: int, seed: int | None, out: str | Path) -> Path:
-    """Write ``count`` clips as lossless H.264 (RGB) mp4 files under ``out/videos`` with ``labels.csv`` (a ``path verb
-    noun`` header, then one ``relative/path verb noun`` line per clip) and ``clips.json`` (labels, digit image and
-    sprite track per clip).
+@dataclass
+class GenerateConfig:
+    """Clips to write; every field is a ``videotome testbed generate`` flag."""
 
-    Returns the directory. Without ``seed``, the validation split gives the first ``count`` clips of the fixed
+    out: str = option(help="directory for the videos and the lists")
+    split: str = option("val", "which split's clips", choices=SPLITS)
+    count: int = option(64, "clips to write")
+    seed: int | None = option(None, "default (val only): the fixed validation set")
+
+    def __post_init__(self) -> None:
+        if self.count < 1:
+            raise ValueError(f"count must be at least 1, got {self.count}")
+        if self.seed is None and self.split != "val":
+            raise ValueError(f"the {self.split} split needs a seed (only the validation split has a fixed one)")
+
+
+def write_videos(config: GenerateConfig) -> Path:
+    """Write ``config.count`` clips as lossless H.264 (RGB) mp4 files under ``config.out/videos`` with ``labels.csv``
+    (a ``path verb noun`` header, then one ``relative/path verb noun`` line per clip) and ``clips.json`` (labels,
+    digit image and sprite track per clip).
+
+    Returns the directory. Without a seed, the validation split gives the first ``count`` clips of the fixed
     validation set (those the demo scores); a training split needs a seed.
     """
     import av
 
-    if seed is None and split != "val":
-        raise ValueError(f"the {split} split needs a seed (only the validation split has a fixed one)")
+    split, count, seed = config.split, config.count, config.seed
     clips = validation_set(count) if seed is None else generate(split, count, seed)
-    out = Path(out)
+    out = Path(config.out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     described = []
     for index in range(count):

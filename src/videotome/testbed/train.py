@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..options import option
 from .data import HEADS, Clips, ClipSpec, generate, validation_set
 from .models import (
     ARCHITECTURES,
@@ -40,21 +41,22 @@ STEP_SEED_STRIDE = 1_000_003
 
 @dataclass
 class TrainConfig:
-    """A training run; every field is a ``videotome testbed train`` flag."""
+    """A training run; every field is a ``videotome testbed train`` flag (``threads`` is the ``--threads`` that every
+    command has)."""
 
-    arch: str
-    out: str
-    steps: int = 800
-    batch_size: int = 64
-    lr: float = 1.5e-3
-    weight_decay: float = 0.05
-    warmup: int = 50
-    seed: int = 0
-    eval_clips: int = 512
-    save_every: int = 50
-    pool: int = 0
-    threads: int | None = None
-    init: str | None = None
+    arch: str = option(help="testbed architecture", choices=ARCHITECTURES)
+    out: str = option(help="checkpoint directory (resumes from its training_state.pt)")
+    steps: int = option(800, "optimiser steps")
+    batch_size: int = option(64, "clips per step")
+    lr: float = option(1.5e-3, "peak learning rate (linear warm-up, then cosine decay)")
+    weight_decay: float = option(0.05, "AdamW weight decay")
+    warmup: int = option(50, "warm-up steps")
+    seed: int = option(0, "seed of the weights and of every step's clips")
+    eval_clips: int = option(512, "validation clips scored at the end")
+    save_every: int = option(50, "steps between resumable states")
+    pool: int = option(0, "clips generated once and reused (0: fresh every step)")
+    threads: int | None = option(None, cli=False)
+    init: str | None = option(None, "start from this checkpoint's weights (fine-tuning)")
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:

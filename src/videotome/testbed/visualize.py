@@ -1,55 +1,19 @@
-"""Figures of the demo: accuracy against speedup, and which patches each merged token holds (as in the paper)."""
+"""The demo's figure of which patches each merged token holds (as in the paper); its accuracy plots are
+``videotome report``'s."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 import videotome
 
+from ..evaluation.report import pyplot
 from .models import CHECKPOINTS, frame_indices, load_checkpoint, select_frames
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_accuracy_vs_speedup(rows: Sequence[Any], path: Path) -> Path:
-    """Action accuracy against speedup, one panel per model, one series per strategy/schedule/option."""
-    plt = _pyplot()
-    models = list(dict.fromkeys(row.model for row in rows))
-    figure, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.6), squeeze=False)
-    for axis, model in zip(axes[0], models):
-        mine = [row for row in rows if row.model == model]
-        baseline = [row for row in mine if row.r == 0]
-        series: dict[str, list[Any]] = {}
-        for row in mine:
-            if row.r:
-                label = " ".join(str(p) for p in (row.strategy, row.schedule, row.divided, row.threshold) if p)
-                series.setdefault(label, []).append(row)
-        for label, members in sorted(series.items()):
-            points = sorted((row.speedup, 100 * row.action) for row in baseline + members)
-            axis.plot(*zip(*points), marker="o", label=label)
-        for row in baseline:
-            axis.scatter([1.0], [100 * row.action], color="black", zorder=3, label="unmerged")
-        axis.set_title(model)
-        axis.set_xlabel("speedup (x)")
-        axis.set_ylabel("action accuracy (%)")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize="x-small")
-    figure.tight_layout()
-    figure.savefig(path, dpi=90)
-    plt.close(figure)
-    return path
+from .settings import operating_point, patched_copy
 
 
 def token_owners(model: torch.nn.Module, pixels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -66,7 +30,7 @@ def token_owners(model: torch.nn.Module, pixels: torch.Tensor) -> tuple[np.ndarr
 
 def paint(owners: np.ndarray, grid: np.ndarray, step: int, shape: tuple[int, int], patch: int) -> np.ndarray:
     """An RGBA (H, W, 4) overlay for time step ``step``: each patch in its owner's colour, dropped patches black."""
-    plt = _pyplot()
+    plt = pyplot()
     count = max(1, int(owners.max()) + 1)
     palette = plt.get_cmap("tab20") if count <= 20 else plt.get_cmap("hsv")
     colours = palette(np.random.default_rng(0).permutation(count) / count)
@@ -98,16 +62,14 @@ def plot_merges(
     """One validation clip, every frame, each final token of the merged model (paper's operating point, merge,
     constant schedule) painted in its own colour over the patches it holds; one row per model. Frames a model does
     not see are drawn faded, titled "not seen" (TimeSformer sees every second frame)."""
-    from .demo import Setting, is_divided, operating_r, patched_copy
-
-    plt = _pyplot()
+    plt = pyplot()
     total_frames = clip.shape[0]
     figure, axes = plt.subplots(len(models), total_frames, figsize=(1.1 * total_frames, 1.3 * len(models)),
                                 squeeze=False)
     for axes_row, arch in zip(axes, models):
         model = load_checkpoint(arch, checkpoints)
-        setting = Setting(operating_r(model, arch), "merge", "constant", "per_frame" if is_divided(arch) else None)
-        merged = patched_copy(model, setting, trace_source=True)
+        settings = operating_point(model, arch)
+        merged = patched_copy(model, settings, trace_source=True)
         owners, grid = token_owners(merged, select_frames(model, clip.unsqueeze(0))[0])
         patch = clip.shape[-1] // (int(grid[:, 2].max()) + 1)
         for index, (axis, step) in enumerate(zip(axes_row, frame_steps(model, total_frames))):
@@ -120,7 +82,7 @@ def plot_merges(
             axis.imshow(picture, interpolation="nearest")
             axis.imshow(paint(owners, grid, step, picture.shape[:2], patch), interpolation="nearest")
             axis.set_title(f"{index}", fontsize=5)
-        axes_row[0].annotate(f"{arch} (r={setting.r})", (-0.08, 0.5), xycoords="axes fraction", rotation=90,
+        axes_row[0].annotate(f"{arch} (r={settings.r})", (-0.08, 0.5), xycoords="axes fraction", rotation=90,
                              ha="right", va="center", fontsize=6)
     figure.tight_layout()
     figure.savefig(path, dpi=90)
