@@ -20,6 +20,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_checkpoint_is_packaged_with_its_recipe(arch: str) -> None:
     directory = checkpoint_dir(arch)
     assert (directory / "config.json").is_file(), f"{directory} has no checkpoint; see checkpoints/RECIPES.md"
+    recipes = (directory.parent / "RECIPES.md").read_text()
+    assert all(f"`{path.name}`" in recipes for path in directory.iterdir())  # RECIPES.md names every file held
     assert (directory / "model.safetensors").stat().st_size < 8 * 2**20
     record = read_metadata(directory)
     assert record["arch"] == arch
