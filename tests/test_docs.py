@@ -126,3 +126,9 @@ def test_the_docs_check_reads_continuations_and_comments():
     assert lines == [(10, "videotome eval --model m --out r.jsonl")]
     assert docs_check.set_flag(["videotome", "bench", "--repeats", "5", "--json"], "--repeats", "1") == [
         "videotome", "bench", "--json", "--repeats", "1"]
+
+
+def test_committed_pictures_are_small():
+    pictures = list((ROOT / "docs").rglob("*.png"))
+    assert pictures, "the README shows a picture from docs/"
+    assert all(path.stat().st_size < 300_000 for path in pictures), [path.name for path in pictures]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import av
@@ -51,6 +52,8 @@ def run(argv: list[str]) -> int:
     return args.func(args)
 
 
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -67,11 +70,17 @@ def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     out = tmp_path / "demo"
     argv = ["demo", "--models", *models, "--limit", "16", "--timing-clips", "16", "--repeats", "1"]
     assert run([*argv, "--out", str(out), "--json", "--no-progress"]) == 0
-    rows = json.loads(capsys.readouterr().out)["rows"]
+    captured = capsys.readouterr()
+    rows = json.loads(captured.out)["rows"]
+    assert captured.err == ""  # --no-progress: no bar of ours, nor transformers' "Loading weights"
     for name in ("table.md", "table.csv", "results.jsonl", "merges.png", "testbed-videomae_accuracy_vs_speedup.png",
                  "testbed-timesformer_accuracy_vs_r.png"):
         assert (out / name).stat().st_size > 0
     assert not (out / "rows.json").exists()
+    documented = set(re.findall(r"`demo_out/([\w.-]+)`", (DOCS / "testbed.md").read_text()))
+    assert {"table.md", "merges.png", "testbed-ARCH_accuracy_vs_r.png"} <= documented
+    written = {path.name for path in out.iterdir()}
+    assert {name.replace("ARCH", arch) for name in documented for arch in models} <= written  # docs/testbed.md is true
     runs = read_runs(out / "results.jsonl")
     assert len(runs) == 10 and len(rows) == 10 and all(len(result.records) == 16 for result in runs)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,21 @@ def resolve_model_dir(reference: str | Path) -> Path:
         ) from error
 
 
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Hide transformers' per-tensor "Loading weights" bar: a local load takes a moment, and our commands show
+    their own progress."""
+    from transformers.utils import logging
+
+    shown = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            logging.enable_progress_bar()
+
+
 def load_local_model(reference: str | Path) -> nn.Module:
     """A video classifier (Hugging Face's or our Motionformer) or an image backbone, in eval mode."""
     from transformers import AutoConfig, AutoModel, AutoModelForVideoClassification
@@ -44,4 +61,5 @@ def load_local_model(reference: str | Path) -> nn.Module:
     directory = resolve_model_dir(reference)
     config = AutoConfig.from_pretrained(directory, local_files_only=True)
     auto = AutoModelForVideoClassification if config.model_type in VIDEO_MODEL_TYPES else AutoModel
-    return auto.from_pretrained(directory, local_files_only=True).eval()
+    with quiet_loading():
+        return auto.from_pretrained(directory, local_files_only=True).eval()

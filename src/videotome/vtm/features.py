@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from videotome.errors import VideotomeError
 from videotome.evaluation.video import IMAGENET_MEAN, IMAGENET_STD, VIDEO_EXTENSIONS
+from videotome.loading import quiet_loading
 
 FAILED_LIST = "failed.tsv"
 
@@ -71,7 +72,8 @@ def load_backbone(name: str) -> tuple[torch.nn.Module, tuple[float, ...], tuple[
 
     directory = backbone_directory(name)
     try:
-        model = AutoModel.from_pretrained(directory, local_files_only=True).eval()
+        with quiet_loading():
+            model = AutoModel.from_pretrained(directory, local_files_only=True).eval()
     except (OSError, ValueError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise VideotomeError(f"--backbone {name!r} does not load from {directory}: {reason}") from None
