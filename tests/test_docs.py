@@ -129,6 +129,6 @@ def test_the_docs_check_reads_continuations_and_comments():
 
 
 def test_committed_pictures_are_small():
-    pictures = list((ROOT / "docs").rglob("*.png"))
+    pictures = list((REPO / "docs").rglob("*.png"))
     assert pictures, "the README shows a picture from docs/"
     assert all(path.stat().st_size < 300_000 for path in pictures), [path.name for path in pictures]
