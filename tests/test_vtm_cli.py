@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -285,3 +286,13 @@ def test_training_under_torchrun_with_every_flag(tmp_path: Path) -> None:
     config = stored["config"]
     assert stored["epoch"] == 2 and config["task"] == "genre" and config["aux_loss_weight"] == 0.5
     assert config["model"]["partition"] == "motion" and config["model"]["attention"] == "math"
+
+
+def test_bench_text_gives_the_memory_change_with_its_sign(capsys) -> None:
+    assert main(["vtm", "bench", "--shape", "12", "16", "64", "--windows", "2", "6", "12", "--repeats", "1",
+                 "--warmup", "0", "--device", "cpu", "--gamma", "2"]) == 0
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    change = re.search(r"peak memory ([+-]\d+)%$", line)
+    assert change and "--" not in line, line
+    baseline, vtm = (int(value) for value in re.findall(r"(\d+) MiB", line))
+    assert abs(vtm - baseline) < 2 or (int(change.group(1)) < 0) == (vtm < baseline), line  # "-" is less memory
