@@ -335,7 +335,8 @@ def _sweep_parser() -> argparse.ArgumentParser:
 def test_sweep_grid_from_toml_and_flags(tmp_path: Path) -> None:
     for folder in ("a", "b", "c", "k400"):
         (tmp_path / folder).mkdir()
-    (tmp_path / "val.csv").write_text("")
+        (tmp_path / folder / "config.json").write_text(json.dumps({"model_type": "videomae", "id2label": {"0": "a"}}))
+    (tmp_path / "val.csv").write_text("label,youtube_id,time_start,time_end,split\na,yt,0,10,val\n")
     (tmp_path / "grid.toml").write_text(
         f'models = ["{tmp_path}/a", "{tmp_path}/b"]\nr = [0, 4, 0.5]\nstrategy = ["merge", "drop"]\n'
         f'out = "runs.jsonl"\nbatch_size = 2\n[[datasets]]\ndataset = "k400"\nroot = "{tmp_path}/k400"\n'
@@ -352,8 +353,9 @@ def test_sweep_grid_from_toml_and_flags(tmp_path: Path) -> None:
 
     (tmp_path / "single.toml").write_text(  # a single value is an axis of one, not ignored
         f'models = ["{tmp_path}/a"]\nr = 4\nstrategy = "drop"\nschedule = "decreasing"\nout = "x.jsonl"\n'
-        f'dataset = "csv"\nroot = "{tmp_path}"\nannotations = "{tmp_path}/val.csv"\n'
+        f'dataset = "csv"\nroot = "{tmp_path}"\nannotations = "{tmp_path}/list.txt"\n'
     )
+    (tmp_path / "list.txt").write_text("clip.mp4 0\n")
     [run], _ = commands.sweep_runs(parser.parse_args(["sweep", "--config", str(tmp_path / "single.toml")]))
     assert run.merge == MergeSettings(4, strategy="drop", schedule="decreasing")
     args = parser.parse_args(["sweep", "--config", str(tmp_path / "single.toml"), "--strategy", "merge", "hybrid",
@@ -380,6 +382,17 @@ def test_sweep_checks_every_run_before_the_first(tmp_path: Path, capsys: pytest.
     assert "needs threshold" in capsys.readouterr().err
     assert main([*base[:2], str(tmp_path / "m"), str(tmp_path / "missing"), *base[3:]]) == 2
     assert "missing" in capsys.readouterr().err
+    assert not (tmp_path / "runs.jsonl").exists()
+    # the clips of every run are read first: an empty list of the second dataset stops the sweep before the first
+    (tmp_path / "m" / "config.json").write_text(json.dumps({"model_type": "videomae", "id2label": {"0": "a"}}))
+    (tmp_path / "list.txt").write_text("clip.mp4 0\n")
+    (tmp_path / "grid.toml").write_text(
+        f'models = ["{tmp_path}/m"]\nout = "{tmp_path}/runs.jsonl"\n[[datasets]]\ndataset = "csv"\n'
+        f'root = "{tmp_path}"\nannotations = "{tmp_path}/list.txt"\n[[datasets]]\ndataset = "csv"\n'
+        f'root = "{tmp_path}"\nannotations = "{tmp_path}/val.csv"\n'
+    )
+    assert main(["sweep", "--config", str(tmp_path / "grid.toml")]) == 2
+    assert f"annotation file {tmp_path / 'val.csv'} lists no clips" in capsys.readouterr().err
     assert not (tmp_path / "runs.jsonl").exists()
 
 

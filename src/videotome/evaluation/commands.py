@@ -18,8 +18,7 @@ from typing import Any
 from ..distributed import in_process_group, is_main_process
 from ..options import add_options, from_args
 from ..plan import MergeSettings
-from .datasets import check_annotation_file
-from .harness import EvalConfig, evaluate
+from .harness import EvalConfig, evaluate, model_directory, read_samples
 from .report import GROUPINGS, write_report
 
 #: the keys of a sweep that are not eval options
@@ -138,11 +137,16 @@ def sweep_runs(args: argparse.Namespace) -> tuple[list[EvalConfig], str]:
             raise ValueError(f"sweep needs {sorted(missing)} (flags, top-level keys or [[datasets]] in --config)")
         config = EvalConfig(model=model, merge=MergeSettings(**merge).canonical(), **options)
         runs.setdefault(repr(config), config)
-    for config in runs.values():
+    for config in runs.values():  # every run's paths, then its clips, are checked before the first run starts
         for name in ("model", "annotations", "root"):
             if not Path(getattr(config, name)).exists():
                 raise ValueError(f"sweep: {name} {getattr(config, name)!r} does not exist (nothing was run)")
-        check_annotation_file(config.annotations)
+    read: set[tuple[Any, ...]] = set()
+    for config in runs.values():
+        clips = (config.model, config.dataset, config.annotations, config.root, config.classes, config.limit)
+        if clips not in read:
+            read_samples(config, model_directory(config.model))
+            read.add(clips)
     return list(runs.values()), values["out"]
 
 

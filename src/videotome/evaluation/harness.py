@@ -135,6 +135,16 @@ def model_directory(reference: str) -> Path:
         raise EvaluationError(str(error)) from None
 
 
+def read_samples(config: EvalConfig, directory: Path) -> list[Sample]:
+    """The clips ``config`` evaluates (its first ``limit``), with class names from the checkpoint's ``config.json``:
+    read before any weights, so that bad annotations fail fast (and a sweep can check every run first)."""
+    id2label = read_model_config(directory).get("id2label") or {}
+    samples = load_samples(
+        config.dataset, config.annotations, config.root, class_names_from_id2label(id2label), config.classes
+    )
+    return samples[: config.limit] if config.limit is not None else samples
+
+
 def load_classifier(config: EvalConfig, directory: Path, device: torch.device) -> LoadedModel:
     """Load the classifier in ``directory`` (a transformers video model or the Motionformer) and its sampling,
     preprocessing and heads (flags first, then the checkpoint's own settings, then the family's defaults)."""
@@ -303,11 +313,7 @@ def evaluate(config: EvalConfig, *, new_runs: bool = False, resume: bool = False
     """
     check_decoder(config.decoder)
     directory = model_directory(config.model)
-    id2label = read_model_config(directory).get("id2label") or {}  # read before the weights: bad annotations fail fast
-    samples = load_samples(
-        config.dataset, config.annotations, config.root, class_names_from_id2label(id2label), config.classes
-    )
-    samples = samples[: config.limit] if config.limit is not None else samples
+    samples = read_samples(config, directory)
     context = init_distributed(config.device)
     loaded = load_classifier(config, directory, context.device)
     heads = loaded.heads
