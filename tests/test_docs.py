@@ -132,3 +132,53 @@ def test_committed_pictures_are_small():
     pictures = list((REPO / "docs").rglob("*.png"))
     assert pictures, "the README shows a picture from docs/"
     assert all(path.stat().st_size < 300_000 for path in pictures), [path.name for path in pictures]
+
+
+def _python_blocks() -> list[tuple[str, int, str]]:
+    """(file, line, code) of every fenced ``python`` block in the README and docs/."""
+    blocks = []
+    for path in [README, *PAGES]:
+        for match in re.finditer(r"^```python\n(.*?)^```", path.read_text(), flags=re.S | re.M):
+            line = path.read_text()[: match.start()].count("\n") + 1
+            blocks.append((str(path.relative_to(REPO)), line, match.group(1)))
+    return blocks
+
+
+@pytest.mark.parametrize(("where", "line", "code"), _python_blocks(), ids=lambda value: str(value)[:40])
+def test_python_examples_run(where: str, line: int, code: str, tmp_path: Path, monkeypatch, one_thread) -> None:
+    """Each example runs as written; checkpoints it names are stood in for by small random models of the same
+    input size (VideoMAE-B's 1568 tokens, so r = 150 applies), written where the example reads them."""
+    import torch
+    import transformers
+    from test_motionformer_model import tiny_config, write_official_checkpoint
+
+    from videotome.models import MotionformerForVideoClassification
+
+    small = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+
+    def videomae(*args, **kwargs):
+        return transformers.VideoMAEForVideoClassification(transformers.VideoMAEConfig(**small)).eval()
+
+    monkeypatch.setattr(transformers.VideoMAEForVideoClassification, "from_pretrained", videomae)
+    monkeypatch.chdir(tmp_path)
+    for name in re.findall(r"from_official\(\"([^\"]+)\"", code):
+        write_official_checkpoint(MotionformerForVideoClassification(tiny_config()), tmp_path / name)
+    namespace = {"clip": torch.randn(1, 16, 3, 224, 224)}
+    exec(compile(code, f"{where}:{line}", "exec"), namespace)  # noqa: S102 - our own documentation
+
+
+def test_the_flop_claim_of_the_example() -> None:
+    """The README's "~2.4x fewer FLOPs" for VideoMAE-B at r = 150, counted on the meta device (no arithmetic)."""
+    import torch
+    import transformers
+
+    import videotome
+    from videotome.bench import count_flops
+
+    claim = float(re.search(r"~([\d.]+)x fewer FLOPs", README.read_text()).group(1))
+    with torch.device("meta"):
+        model = transformers.VideoMAEForVideoClassification(transformers.VideoMAEConfig(num_labels=400)).eval()
+        clip = torch.randn(1, 16, 3, 224, 224)
+    unmerged = count_flops(model, clip)
+    videotome.patch(model, r=150)
+    assert round(unmerged / count_flops(model, clip), 1) == claim
