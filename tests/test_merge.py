@@ -192,4 +192,19 @@ def test_the_public_names_are_all_that_is_not_private() -> None:
     constants = {name for name in vars(merge) if name.isupper()}
     defined = functions | constants
     assert sorted(merge.__all__) == sorted(defined)
-    assert not {"split", "take", "select", "best_match", "positions"} & set(vars(merge))
+    assert not {"split", "select", "best_match", "positions"} & set(vars(merge))
+
+
+def test_pair_positions_name_each_chosen_token_and_its_partner() -> None:
+    metric = torch.randn(2, 9, 4, generator=torch.Generator().manual_seed(3))
+    reduction = merge.bipartite_soft_matching(metric, 3, protect_first=True)
+    src, dst = merge.pair_positions(reduction, 9)
+    assert (src % 2 == 0).all() and (dst % 2 == 1).all() and not (src == 0).any()
+    unit = metric / metric.norm(dim=-1, keepdim=True)
+    best = (unit[:, ::2] @ unit[:, 1::2].transpose(1, 2)).max(dim=-1)
+    for b in range(2):  # each chosen A token's partner is its best match
+        assert (dst[b] == 2 * best.indices[b, src[b] // 2] + 1).all()
+    a_idx, b_idx = torch.tensor([[0, 3, 5]] * 2), torch.tensor([[1, 2, 8]] * 2)
+    reduction = merge.bipartite_soft_matching(metric, 2, a_idx=a_idx, b_idx=b_idx)
+    src, dst = merge.pair_positions(reduction, 9)
+    assert set(src.flatten().tolist()) <= {0, 3, 5} and set(dst.flatten().tolist()) <= {1, 2, 8}

@@ -7,8 +7,8 @@
 """
 
 from .merge import STRATEGIES
-from .patch import patch, plan, sources, token_grid, unpatch
+from .patch import layer_stats, patch, plan, sources, token_grid, unpatch
 from .plan import SCHEDULES, MergePlan, MergeSettings
 
-__all__ = ["patch", "unpatch", "plan", "sources", "token_grid", "MergePlan", "MergeSettings", "STRATEGIES", "SCHEDULES"]
+__all__ = ["patch", "unpatch", "plan", "sources", "token_grid", "layer_stats", "MergePlan", "MergeSettings", "STRATEGIES", "SCHEDULES"]
 __version__ = "0.1.0"

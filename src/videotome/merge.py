@@ -42,7 +42,9 @@ __all__ = [
     "clamp_r",
     "merge_source",
     "merge_wavg",
+    "pair_positions",
     "repeat",
+    "take",
 ]
 
 STRATEGIES = ("merge", "drop", "random_drop", "random_merge", "hybrid")
@@ -80,7 +82,7 @@ def _split(x: Tensor, a_idx: Tensor | None = None, b_idx: Tensor | None = None) 
     """Split a per-token tensor (B, N, C) into its A and B sets: alternate positions, or the given index sets."""
     if a_idx is None:
         return x[:, ::2], x[:, 1::2]
-    return _take(x, a_idx), _take(x, b_idx)
+    return take(x, a_idx), take(x, b_idx)
 
 
 def _best_match(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
@@ -161,6 +163,15 @@ def _positions(reduction: Reduction, num_tokens: int) -> tuple[Tensor, Tensor]:
     return torch.cat([a_idx.gather(1, reduction.kept), reduction.b_idx], dim=1), a_idx.gather(1, reduction.src)
 
 
+def pair_positions(reduction: Reduction, num_tokens: int) -> tuple[Tensor, Tensor]:
+    """Sequence positions (B, r) of each chosen A token and of the B token it was matched with, in the input of a
+    reduction of sequences of ``num_tokens`` tokens (for analysis: the pairs' cosines, which frames they join)."""
+    _, src_pos = _positions(reduction, num_tokens)
+    if reduction.b_idx is None:
+        return src_pos, 2 * reduction.dst + 1
+    return src_pos, reduction.b_idx.gather(1, reduction.dst)
+
+
 def _flat_rows(pos: Tensor, tokens: int) -> Tensor:
     """Positions (B, K) in sequences of ``tokens`` tokens as row numbers of the flattened batch, (B * K,)."""
     return (pos + torch.arange(pos.shape[0], device=pos.device).unsqueeze(1) * tokens).flatten()
@@ -172,7 +183,7 @@ def _select_rows(x: Tensor, rows: Tensor, count: int) -> Tensor:
     return x.reshape(-1, channels).index_select(0, rows).view(batch, count, channels)
 
 
-def _take(x: Tensor, pos: Tensor) -> Tensor:
+def take(x: Tensor, pos: Tensor) -> Tensor:
     """Rows of x (B, N, C) at sequence positions pos (B, K): (B, K, C).
 
     One ``index_select`` over the flattened batch: on CPU several times faster than ``gather`` with an index

@@ -1,4 +1,4 @@
-"""Patching a model: ``patch``, ``unpatch``, ``plan`` and ``sources``.
+"""Patching a model: ``patch``, ``unpatch``, ``plan``, ``sources`` and ``layer_stats``.
 
 Patching sets one attribute on the model instance, a :class:`Patch` holding the adapter and the immutable
 :class:`~videotome.plan.MergePlan`, and replaces the instance's ``forward`` with :func:`merged_forward`. The classes,
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import types
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor, nn
 from transformers.modeling_outputs import ModelOutput
@@ -21,17 +22,20 @@ from .adapters import ADAPTERS, find_adapter
 from .adapters.base import Adapter, LayerCall, TokenState
 from .dependencies import check_transformers
 from .plan import MergePlan, MergeSettings, build_plan, merge_settings
+from .stats import summarize
 
 _ATTRIBUTE = "_videotome"
 
 
 @dataclass
 class Patch:
-    """What a patched model carries: its adapter, its plan, and the source map of the last traced forward."""
+    """What a patched model carries: its adapter, its plan, and the source map and statistics of the last traced
+    forward."""
 
     adapter: Adapter
     plan: MergePlan
     last_sources: Tensor | None = None
+    last_stats: list[dict[str, Any]] | None = None
 
 
 def patch(
@@ -40,6 +44,7 @@ def patch(
     /,
     *,
     trace_source: bool = False,
+    record_stats: bool = False,
     **options: object,
 ) -> nn.Module:
     """Make ``model`` reduce tokens in every layer; returns the same model, patched in place.
@@ -59,6 +64,9 @@ def patch(
     - ``seed``: the random strategies' seed (default 0); None draws from torch's global generator.
 
     ``trace_source`` keeps the map of which input tokens each output token holds; read it with :func:`sources`.
+    ``record_stats`` keeps per-layer statistics of each forward (tokens, merges and drops, the chosen pairs' key
+    cosines, the share of temporal merges); read them with :func:`layer_stats`. It traces sources too. Neither
+    costs anything when off.
     Patching an already patched model replaces its plan. A transformers version outside the tested range is
     refused here, since the adapters rely on its model classes' internals.
     """
@@ -73,7 +81,9 @@ def patch(
         len(adapter.layers(model)),
         adapter.layout(model),
         prop_attn_default=adapter.prop_attn_default,
-        trace_source=trace_source,
+        trace_source=trace_source or record_stats,
+        record_stats=record_stats,
+        input_frames=adapter.joint_frames(model) if record_stats else None,
     )
     setattr(model, _ATTRIBUTE, Patch(adapter, plan))
     model.forward = types.MethodType(merged_forward, model)
@@ -114,6 +124,20 @@ def sources(model: nn.Module) -> Tensor:
     return record.last_sources
 
 
+def layer_stats(model: nn.Module) -> list[dict[str, Any]]:
+    """Per-layer statistics of the last forward of a model patched with ``record_stats=True``, one dict per layer:
+    ``layer``, ``tokens_in``, ``tokens_out`` (whole sequence), ``merged`` and ``dropped`` (tokens per clip),
+    ``cosine_mean``/``cosine_min``/``cosine_max`` (the chosen pairs' key cosine), ``temporal_share`` (joint space-time
+    models: the share of merges joining tokens whose patches come from different frames). None where nothing
+    applies (a layer that removed nothing, a divided or image model's temporal share)."""
+    record = _patch_of(model)
+    if not record.plan.record_stats:
+        raise ValueError("layer_stats() needs videotome.patch(model, r, record_stats=True)")
+    if record.last_stats is None:
+        raise ValueError("layer_stats() has nothing yet: run a forward pass of the patched model first")
+    return record.last_stats
+
+
 def token_grid(model: nn.Module) -> Tensor:
     """Where each of a supported model's input tokens sits: (input tokens, 3) of time step, patch row and patch
     column at the configured input size, in the model's own token order; -1 for a class token.
@@ -143,16 +167,23 @@ def merged_forward(
     adapter, merge_plan = record.adapter, record.plan
     state = TokenState(adapter.embed(self, pixel_values, **embedding_options))
     hidden_states = [state.x] if output_hidden_states else None
+    layers = []
     for index, layer in enumerate(adapter.layers(self)):
         r = merge_plan.r[index]
+        tokens_in, reductions = state.x.shape[1], len(state.records)
         if state.size is None and r == 0:
             state = state._replace(x=adapter.run_original(layer, state.x))
         else:
             state = adapter.layer_forward(layer, state, LayerCall(index, r, merge_plan))
         if hidden_states is not None:
             hidden_states.append(state.x)
+        if merge_plan.record_stats:
+            step = state.records[reductions] if len(state.records) > reductions else None
+            layers.append((index, tokens_in, state.x.shape[1], step))
     if merge_plan.trace_source:
         record.last_sources = adapter.sources(state)
+    if merge_plan.record_stats:
+        record.last_stats = summarize(layers)
     output = adapter.finish(self, state, labels)
     if hidden_states is not None:
         output["hidden_states"] = tuple(hidden_states)

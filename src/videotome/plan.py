@@ -205,7 +205,9 @@ class MergePlan:
 
     ``r`` holds the requested tokens to remove per layer (per group: per frame for divided models); each layer
     clamps it to what its current sequence allows, as :meth:`steps` reports. ``prop_attn`` is the settings' value
-    with the family's default filled in.
+    with the family's default filled in. ``record_stats`` keeps per-layer statistics of each forward
+    (:func:`videotome.layer_stats`); ``input_frames`` is then each input token's frame (-1 for a class token) for
+    joint space-time models, whose merges can join frames, and None for the others.
     """
 
     r: tuple[int, ...]
@@ -213,6 +215,8 @@ class MergePlan:
     settings: MergeSettings
     prop_attn: bool
     trace_source: bool = False
+    record_stats: bool = False
+    input_frames: tuple[int, ...] | None = None
 
     def steps(self) -> list[LayerStep]:
         """Per layer: requested r, clamped r, and the whole sequence's length before and after."""
@@ -280,6 +284,8 @@ def build_plan(
     *,
     prop_attn_default: bool = True,
     trace_source: bool = False,
+    record_stats: bool = False,
+    input_frames: tuple[int, ...] | None = None,
 ) -> MergePlan:
     """The plan of ``settings`` for a model of ``num_layers`` layers whose tokens divide as ``layout``."""
     return MergePlan(
@@ -288,4 +294,6 @@ def build_plan(
         settings=settings,
         prop_attn=prop_attn_default if settings.prop_attn is None else settings.prop_attn,
         trace_source=trace_source,
+        record_stats=record_stats,
+        input_frames=input_frames,
     )

@@ -16,18 +16,21 @@ from transformers.modeling_outputs import ImageClassifierOutput, ModelOutput
 from .. import merge
 from ..kernels import softmax_last_dim
 from ..plan import MergePlan, TokenLayout
+from ..stats import ReductionRecord, frames_held, record_reduction
 
 class TokenState(NamedTuple):
     """The tokens between layers: features, sizes (patches each token holds) and the source map.
 
     ``size`` and ``source`` are None until the first reduction, meaning one patch per token and the identity.
     Divided models keep ``size`` per frame, (batch * frames, tokens per frame, 1); ``source`` is always
-    (batch, tokens, input tokens) in the model's own token order.
+    (batch, tokens, input tokens) in the model's own token order. ``records`` gathers one
+    :class:`~videotome.stats.ReductionRecord` per reduction when the plan records statistics.
     """
 
     x: Tensor
     size: Tensor | None = None
     source: Tensor | None = None
+    records: tuple[ReductionRecord, ...] = ()
 
 
 class LayerCall(NamedTuple):
@@ -129,7 +132,12 @@ def reduce_tokens(state: TokenState, metric: Tensor, call: LayerCall, *, protect
         source = state.source
         if call.plan.trace_source:
             source = merge.merge_source(reduction, source, state.x.shape[1])
-    return TokenState(x, size, source)
+    records = state.records
+    if call.plan.record_stats:
+        frames = call.plan.input_frames
+        held = None if frames is None else frames_held(state.source, torch.tensor(frames, device=x.device), len(x))
+        records += (record_reduction(reduction, metric, clips=metric.shape[0], frames_held=held),)
+    return TokenState(x, size, source, records)
 
 
 def to_frames(patches: Tensor, frames: int, *, frame_major: bool) -> Tensor:
@@ -181,7 +189,10 @@ def reduce_frames(
                 source = identity_source(state.x) if source is None else source
                 reduced = merge.apply(reduction, to_frames(source[:, 1:], frames, frame_major=frame_major))
                 source = torch.cat([source[:, :1], from_frames(reduced, frames, frame_major=frame_major)], dim=1)
-            state = TokenState(state.x, size, source)
+            records = state.records
+            if call.plan.record_stats:
+                records += (record_reduction(reduction, metric, clips=metric.shape[0] // frames),)
+            state = TokenState(state.x, size, source, records)
     x = torch.cat([cls, from_frames(per_frame, frames, frame_major=frame_major)], dim=1)
     return state._replace(x=x)
 
@@ -227,12 +238,25 @@ class Adapter:
         """Where each input token sits, (input tokens, 3): time step, patch row, patch column; -1 for a class token."""
         raise NotImplementedError
 
+    def joint_frames(self, model: nn.Module) -> tuple[int, ...] | None:
+        """Each input token's frame (-1 for a class token) for a joint space-time model, whose merges may join
+        frames; None for divided models (they merge within a frame) and image models (one frame)."""
+        times = self.grid(model)[:, 0]
+        if self.layout(model).groups > 1 or int(times.max()) < 1:
+            return None
+        return tuple(times.tolist())
+
     def run_original(self, layer: nn.Module, x: Tensor) -> Tensor:
         """The model's own block, used while nothing has merged yet, so r=0 is bit-identical."""
         return layer(x)
 
     def layer_forward(self, layer: nn.Module, state: TokenState, call: LayerCall) -> TokenState:
         """One block with merging between its attention residual and its MLP."""
+        raise NotImplementedError
+
+    def merge_step(self, layer: nn.Module, state: TokenState, call: LayerCall) -> TokenState:
+        """This block's merging alone: its keys of the current tokens (its own norm and key projection), matched
+        and reduced as in :meth:`layer_forward`, with no attention or MLP update (layer duplication analyses)."""
         raise NotImplementedError
 
     def finish(self, model: nn.Module, state: TokenState, labels: Tensor | None) -> ModelOutput:
@@ -284,6 +308,10 @@ class PreNormBlockAdapter(Adapter):
         if call.r > 0:
             state = reduce_tokens(state, k.mean(dim=1), call, protect_first=self.protect_first)
         return state._replace(x=state.x + self.mlp_residual(layer, state.x))
+
+    def merge_step(self, layer: nn.Module, state: TokenState, call: LayerCall) -> TokenState:
+        _, k, _, _, _ = self.qkv(layer, self.norm1(layer)(state.x))
+        return reduce_tokens(state, k.mean(dim=1), call, protect_first=self.protect_first)
 
     def implementation(self, layer: nn.Module) -> str:
         """The attention implementation the model was loaded with ("eager", "sdpa", ...)."""

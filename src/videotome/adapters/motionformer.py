@@ -63,6 +63,13 @@ class MotionformerAdapter(Adapter):
         x = x + layer.drop_path(layer.mlp(layer.norm2(x)))
         return state._replace(x=x)
 
+    def merge_step(self, layer: nn.Module, state: TokenState, call: LayerCall) -> TokenState:
+        frames = layer.config.num_temporal_tokens
+        _, k, _ = layer.attn.compute_qkv(layer.norm1(state.x))
+        metric = to_frames(k.mean(dim=1)[:, 1:], frames, frame_major=self.frame_major)
+        per_frame = to_frames(state.x[:, 1:], frames, frame_major=self.frame_major)
+        return reduce_frames(state.x[:, :1], per_frame, state, metric, call, frames, frame_major=self.frame_major)
+
     def finish(self, model: nn.Module, state: TokenState, labels: Tensor | None) -> ModelOutput:
         base = self.base(model)
         x = base.norm(state.x)

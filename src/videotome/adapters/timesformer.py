@@ -133,6 +133,14 @@ class TimesformerAdapter(Adapter):
         mlp = layer.output(layer.intermediate(layer.layernorm_after(x)))
         return state._replace(x=x + layer.drop_path(mlp))
 
+    def merge_step(self, layer: nn.Module, state: TokenState, call: LayerCall) -> TokenState:
+        frames = layer.config.num_frames
+        cls = state.x[:, :1]
+        per_frame = to_frames(state.x[:, 1:], frames, frame_major=self.frame_major)
+        spatial_in = torch.cat([cls.repeat_interleave(frames, dim=0), per_frame], dim=1)
+        _, keys, _ = _qkv(layer.attention.attention, layer.layernorm_before(spatial_in))
+        return reduce_frames(cls, per_frame, state, keys.mean(dim=1)[:, 1:], call, frames, frame_major=self.frame_major)
+
     def finish(self, model: nn.Module, state: TokenState, labels: Tensor | None) -> ModelOutput:
         base = self.base(model)
         x = base.layernorm(state.x)
