@@ -94,7 +94,7 @@ def _heads(run: Run) -> set[str]:
 
 
 def _check_comparable(unmerged: Run, merged: Run, names: tuple[str, str]) -> None:
-    """Refuse runs on different datasets, clips or labels."""
+    """Refuse runs on different datasets or clips."""
     datasets = unmerged.settings["dataset"], merged.settings["dataset"]
     if datasets[0] != datasets[1]:
         raise ConfusionError(f"the runs are on different datasets: {datasets[0]} ({names[0]}), {datasets[1]} "
@@ -111,9 +111,6 @@ def _check_comparable(unmerged: Run, merged: Run, names: tuple[str, str]) -> Non
             f"the runs cover different clips ({len(ids[0])} in {names[0]}, {len(ids[1])} in {names[1]}; "
             + "; ".join(parts) + ")"
         )
-    disagree = sorted(i for i in ids[0] if unmerged.records[i].get("labels") != merged.records[i].get("labels"))
-    if disagree:
-        raise ConfusionError(f"the runs label {len(disagree)} clips differently (e.g. {disagree[0]}): other annotations")
 
 
 def confusion_difference(
@@ -147,6 +144,10 @@ def confusion_difference(
                for run in (unmerged, merged))
     ]
     truth = {clip: unmerged.records[clip]["labels"][head] for clip in scored}
+    disagree = [clip for clip in scored if merged.records[clip]["labels"][head] != truth[clip]]
+    if disagree:
+        raise ConfusionError(f"the runs give {len(disagree)} clips other {head} labels (e.g. {disagree[0]}): "
+                             "they were evaluated on other annotations")
     frequency = Counter(truth.values())
     classes = sorted(frequency, key=lambda label: (-frequency[label], label))[:top]
     position = {label: index for index, label in enumerate(classes)}
