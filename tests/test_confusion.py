@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from videotome.cli import main
 from videotome.evaluation.confusion import confusion_difference
+from videotome.evaluation.datasets import head_class_names
 from videotome.evaluation.harness import make_header
 from videotome.evaluation.logits import LogitsWriter, logits_path, read_logits
 from videotome.evaluation.results import ResultsError, ResultsWriter, read_runs
@@ -145,3 +146,18 @@ def test_logits_of_several_runs_and_missing_logits_are_refused(tmp_path: Path) -
         read_logits(results, run="run3")
     with pytest.raises(ResultsError, match="1 clips of run run1 .* without --save-logits"):
         LogitsWriter(results, "run1", {"a": {"error": None}, "z": {"error": None}})
+
+
+def test_class_names_per_head_come_from_what_the_run_reads(tmp_path: Path) -> None:
+    (tmp_path / "labels.json").write_text('{"Pushing something": "1", "Holding something": "0"}')
+    assert head_class_names("ssv2", tmp_path / "validation.json", {"class": 2}) == {
+        "class": ["Holding something", "Pushing something"]}
+    (tmp_path / "EPIC_100_verb_classes.csv").write_text("id,key,instances,category\n0,take,[],x\n1,put,[],x\n")
+    id2label = {0: "verb: a", 1: "verb: b", 2: "noun: tap", 3: "noun: pan", 4: "noun: cup"}
+    assert head_class_names("epic100", tmp_path / "EPIC_100_validation.csv", {"verb": 2, "noun": 3}, id2label) == {
+        "verb": ["take", "put"], "noun": ["tap", "pan", "cup"]}  # the verb list beside the annotations, else id2label
+    (tmp_path / "classes.txt").write_text("Abseiling\n\nair drumming\n")
+    assert head_class_names("k400", tmp_path / "k.csv", {"class": 2}, {0: "x", 1: "y"}, tmp_path / "classes.txt") == {
+        "class": ["Abseiling", "air drumming"]}
+    assert head_class_names("csv", tmp_path / "list.txt", {"class": 2}, {0: "LABEL_0", 1: "LABEL_1"}) == {}
+    assert head_class_names("csv", tmp_path / "list.txt", {"verb": 2, "noun": 2}, {0: "a", 1: "b"}) == {}
