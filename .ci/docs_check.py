@@ -46,6 +46,7 @@ SMALL: dict[str, dict[str, str | None]] = {
     "eval": {"--limit": "8", "--batch-size": "8", "--workers": "0", "--device": "cpu", "--no-progress": None},
     "sweep": {"--limit": "8", "--batch-size": "8", "--workers": "0", "--device": "cpu", "--no-progress": None},
     "report": {},
+    "confusion": {},
     "bench": {"--repeats": "1", "--warmup": "0", "--device": "cpu"},
     "vtm train": {
         "--epochs": "1", "--warmup-epochs": "0", "--max-steps-per-epoch": "2", "--batch-size": "8",
@@ -236,10 +237,10 @@ def decide(command: Command, parser: argparse.ArgumentParser, workdir: Path) -> 
         return "skip", "needs LVU / Breakfast / COIN features"
     if words == "vtm eval" and not (workdir / option(tokens, "--checkpoint")[0]).exists():
         return "skip", "the checkpoint of a run that needs LVU / Breakfast / COIN features"
-    if words == "report":
+    if words in ("report", "confusion"):
         _, _, start = command_words(tokens, parser)
-        inputs = [t for t in tokens[start:] if not t.startswith("-") and t not in option(tokens, "--out")
-                  and t not in option(tokens, "--by")]
+        values = {value for flag in tokens[start:] if flag.startswith("--") for value in option(tokens, flag)}
+        inputs = [t for t in tokens[start:] if not t.startswith("-") and t not in values]
         if not all(glob.glob(str(workdir / name)) for name in inputs):
             return "skip", "reads the results of runs that need real data"
     return "run", words

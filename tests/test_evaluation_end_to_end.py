@@ -20,6 +20,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 import transformers
 
@@ -29,6 +30,7 @@ from videotome.cli import main
 from videotome.evaluation import commands
 from videotome.evaluation.datasets import AnnotationError
 from videotome.evaluation.harness import EvalConfig, EvaluationError, evaluate
+from videotome.evaluation.logits import logits_path, read_logits
 from videotome.evaluation.results import ResultsError, read_runs
 from videotome.evaluation.video import SamplingConfig, load_preprocessing, preprocess, read_clip
 
@@ -171,7 +173,7 @@ def _predictions(path: Path) -> dict[str, list[int]]:
     return {line["id"]: [i for i, _ in line["top5"]["class"]] for line in _clip_lines(path)}
 
 
-def _direct_top5(model_dir: Path, paths: list[Path], **patch: object) -> list[list[int]]:
+def _direct_logits(model_dir: Path, paths: list[Path], **patch: object) -> torch.Tensor:
     """Reference: decode and preprocess each clip, run the model (patched with ``patch`` if given) directly."""
     model = transformers.VideoMAEForVideoClassification.from_pretrained(model_dir).eval()
     if patch:
@@ -181,8 +183,21 @@ def _direct_top5(model_dir: Path, paths: list[Path], **patch: object) -> list[li
     pipeline = load_preprocessing(model_dir, "videomae", 32)
     pixels = torch.stack([preprocess(read_clip(p, SamplingConfig(4, "dense", 4)), pipeline) for p in paths])
     with torch.inference_mode():
-        logits = model(pixel_values=pixels).logits
-    return logits.topk(5).indices.tolist()
+        return model(pixel_values=pixels).logits
+
+
+def _direct_top5(model_dir: Path, paths: list[Path], **patch: object) -> list[list[int]]:
+    """The top-5 classes of :func:`_direct_logits`."""
+    return _direct_logits(model_dir, paths, **patch).topk(5).indices.tolist()
+
+
+def _same_logits(found: dict, expected: dict) -> bool:
+    """Whether two ``read_logits`` results hold the same clips, heads and (to float tolerance) values."""
+    return found.keys() == expected.keys() and all(
+        found[clip].keys() == expected[clip].keys()
+        and all(torch.allclose(found[clip][h], expected[clip][h], atol=1e-5) for h in found[clip])
+        for clip in found
+    )
 
 
 def _launch(args: list[str], launcher: list[str] | None = None, **streams: object) -> subprocess.Popen:
@@ -342,6 +357,20 @@ def test_epic_without_heads_is_refused_before_any_work(epic_model_dir: Path, dat
     assert not (tmp_path / "epic.jsonl").exists()
 
 
+def test_saved_logits_are_those_of_a_direct_forward_pass(model_dir: Path, data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run.jsonl"
+    evaluate(_config(model_dir, data, save_logits=True, limit=5), out=out)
+    (run,) = read_runs(out)
+    assert run.header["class_names"] == {"class": CLASSES}  # the model's id2label, in the header
+    found = read_logits(out)
+    expected = _direct_logits(model_dir, [data / "clips" / f"clip{i}.mp4" for i in range(5)])
+    assert sorted(found) == [f"clips/clip{i}.mp4" for i in range(5)]
+    assert all(set(found[f"clips/clip{i}.mp4"]) == {"class"} for i in range(5))
+    assert torch.allclose(torch.stack([found[f"clips/clip{i}.mp4"]["class"] for i in range(5)]), expected, atol=1e-5)
+    assert sorted(path.name for path in (logits_path(out) / run.id).iterdir()) == [
+        "00000.safetensors", "00001.safetensors"]  # a shard per batch of 3
+
+
 def test_bad_videos_are_recorded_and_the_run_goes_on(model_dir: Path, data: Path, tmp_path: Path) -> None:
     (tmp_path / "clips").mkdir()
     (tmp_path / "clips" / "junk.mp4").write_bytes(b"not a video" * 100)
@@ -409,7 +438,7 @@ def test_killed_run_resumes_without_loss_or_duplicates(model_dir: Path, data: Pa
     annotations.write_text("\n".join(listing) + "\n")
     out = tmp_path / "run.jsonl"
     args = _eval_args(model_dir, data, out, "--root", str(tmp_path), "--annotations", str(annotations),
-                      "--batch-size", "1")
+                      "--batch-size", "1", "--save-logits")
     with (tmp_path / "killed.log").open("w") as log:
         process = _launch(args, stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -440,20 +469,25 @@ def test_killed_run_resumes_without_loss_or_duplicates(model_dir: Path, data: Pa
     ids = [line["id"] for line in _clip_lines(out)]
     assert sorted(ids) == sorted(f"clips/clip{n}.mp4" for n in range(KILL_CLIPS)) and len(set(ids)) == len(ids)
     reference = tmp_path / "reference.jsonl"
-    evaluate(_config(model_dir, tmp_path, annotations=str(annotations)), out=reference)  # one run, batches of 3
+    evaluate(_config(model_dir, tmp_path, annotations=str(annotations), save_logits=True), out=reference)  # by 3
     assert _predictions(out) == _predictions(reference)
+    assert _same_logits(read_logits(out), read_logits(reference))
+    shards = sorted((logits_path(out) / read_runs(out)[0].id).glob("*.safetensors"))
+    keys = [key for shard in shards for key in safetensors.torch.load_file(shard)]
+    assert sorted(keys) == sorted(f"class/{clip}" for clip in ids)  # exactly one entry per clip
     summary = evaluate(config, resume=True, out=out)
     assert summary["metrics"]["clips"] == KILL_CLIPS and len(_clip_lines(out)) == KILL_CLIPS
 
 
 def test_torchrun_two_processes_match_one(model_dir: Path, data: Path, tmp_path: Path) -> None:
     single, double = tmp_path / "single.jsonl", tmp_path / "double.jsonl"
-    evaluate(_config(model_dir, data), out=single)
-    result = _cli(tmp_path, *_eval_args(model_dir, data, double), launcher=TORCHRUN)
+    evaluate(_config(model_dir, data, save_logits=True), out=single)
+    result = _cli(tmp_path, *_eval_args(model_dir, data, double, "--save-logits"), launcher=TORCHRUN)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = _clip_lines(double)
     assert len(lines) == len(CLIP_STARTS) and len({line["id"] for line in lines}) == len(CLIP_STARTS)
     assert _predictions(double) == _predictions(single)
+    assert len(read_logits(double)) == len(CLIP_STARTS) and _same_logits(read_logits(double), read_logits(single))
     summaries = [json.loads(line) for line in double.read_text().splitlines() if '"summary"' in line]
     assert summaries[-1]["throughput"]["world_size"] == 2
     assert result.stdout.count("top-1") == 1  # only rank 0 reports
@@ -470,7 +504,7 @@ def _every_eval_flag(model_dir: Path, data: Path, out: Path) -> list[str]:
             "--threshold", "0.5", "--prop-attn", "on", "--divided", "per_frame", "--seed", "0", "--frames", "4",
             "--sampling", "dense", "--stride", "4", "--heads", "class:5", "--classes", str(data / "classes.txt"),
             "--limit", "6", "--decoder", "pyav", "--batch-size", "2", "--workers", "1", "--device", "cpu",
-            "--strict", "--no-progress", "--out", str(out), "--resume", "--threads", "1"]
+            "--strict", "--no-progress", "--save-logits", "--out", str(out), "--resume", "--threads", "1"]
 
 
 def test_eval_under_torchrun_with_every_flag(model_dir: Path, data: Path, tmp_path: Path) -> None:
@@ -497,7 +531,7 @@ def _every_sweep_flag(model_dir: Path, data: Path, tmp_path: Path, out: Path) ->
             "--annotations", str(data / "list.txt"), "--root", str(data), "--frames", "4", "--sampling", "dense",
             "--stride", "4", "--heads", "class:5", "--classes", str(data / "classes.txt"), "--limit", "5",
             "--decoder", "pyav", "--batch-size", "2", "--workers", "0", "--device", "cpu", "--strict",
-            "--no-progress", "--out", str(out), "--threads", "1"]
+            "--no-progress", "--save-logits", "--out", str(out), "--threads", "1"]
 
 
 def test_sweep_under_torchrun_with_every_flag(model_dir: Path, data: Path, tmp_path: Path) -> None:
@@ -513,6 +547,7 @@ def test_sweep_under_torchrun_with_every_flag(model_dir: Path, data: Path, tmp_p
         (0, "constant", "merge"), (1, "constant", "merge"), (1, "constant", "random_merge"),
         (1, "decreasing", "merge"), (1, "decreasing", "random_merge")]
     assert all(len(run.records) == 5 for run in read_runs(out))
+    assert all(len(read_logits(out, run=run.id)) == 5 for run in read_runs(out))  # one folder of logits a run
     assert result.stdout.count("top-1") == len(merges)  # rank 0 alone reports, once a run
 
 

@@ -2,6 +2,7 @@
 
 from .datasets import AnnotationError, Sample, load_samples
 from .harness import EvalConfig, EvaluationError, evaluate
+from .logits import read_logits
 from .report import write_report
 from .results import ResultsError, compute_metrics, read_runs
 
@@ -14,6 +15,7 @@ __all__ = [
     "compute_metrics",
     "evaluate",
     "load_samples",
+    "read_logits",
     "read_runs",
     "write_report",
 ]

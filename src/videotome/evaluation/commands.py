@@ -1,4 +1,4 @@
-"""The ``videotome eval``, ``videotome sweep`` and ``videotome report`` commands.
+"""The ``videotome eval``, ``sweep``, ``report`` and ``confusion`` commands.
 
 Their flags are made from :class:`~videotome.evaluation.harness.EvalConfig` and
 :class:`~videotome.plan.MergeSettings` (:mod:`videotome.options`); a sweep takes every merge setting as a list
@@ -18,6 +18,7 @@ from typing import Any
 from ..distributed import in_process_group, is_main_process
 from ..options import add_options, from_args
 from ..plan import MergeSettings
+from .confusion import ConfusionConfig, compare_runs
 from .harness import EvalConfig, evaluate, model_directory, read_samples
 from .report import GROUPINGS, write_report
 
@@ -30,7 +31,7 @@ EVAL_FIELDS = tuple(item.name for item in dataclasses.fields(EvalConfig) if item
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Register eval, sweep and report."""
+    """Register eval, sweep, report and confusion."""
     evaluate_parser = subparsers.add_parser(
         "eval", help="accuracy and speed of a (token-merged) model on a dataset", description=cmd_eval.__doc__
     )
@@ -58,6 +59,14 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         help="one row per checkpoint directory, or per model family (the paper's table: all datasets on one row)",
     )
     report_parser.set_defaults(func=cmd_report)
+
+    confusion_parser = subparsers.add_parser(
+        "confusion", help="how merging changes the confusion matrix", description=cmd_confusion.__doc__
+    )
+    confusion_parser.add_argument("unmerged", metavar="UNMERGED", help="results file (JSONL) of the unmerged run")
+    confusion_parser.add_argument("merged", metavar="MERGED", help="results file (JSONL) of the merged run")
+    add_options(confusion_parser, ConfusionConfig)
+    confusion_parser.set_defaults(func=cmd_confusion)
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -170,4 +179,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     written = write_report(args.results, args.out, args.by)
     print(written["markdown"], end="")
     print(f"wrote {written['table_md']}, {written['table_csv']} and {len(written['plots'])} plots in {args.out}")
+    return 0
+
+
+def cmd_confusion(args: argparse.Namespace) -> int:
+    """The merged run's confusion matrix minus the unmerged run's over the most frequent true classes
+    (confusion_diff.png, confusion_diff.csv), and the confusions that grew most."""
+    written = compare_runs(args.unmerged, args.merged, from_args(ConfusionConfig, args))
+    result = written["difference"]
+    print(f"{result.head}: merged - unmerged over the {len(result.rows)} most frequent classes ({result.clips} clips"
+          + (f"; {result.left_out} left out: failed in a run, or of other classes" if result.left_out else "") + ")")
+    print("\n".join(result.largest_increases()) or "no confusion grew")
+    print(f"wrote {written['png']} and {written['csv']}")
     return 0

@@ -40,24 +40,76 @@ def normalize_class_name(name: str) -> str:
     return " ".join(name.strip().strip("\"'").replace("_", " ").lower().split())
 
 
-def load_class_names(path: str | Path) -> dict[str, int]:
-    """Read a class list: a checkpoint's ``config.json`` (its ``id2label``), JSON ``{name: index}`` or
-    ``[name, ...]``, or a text file with one name per line."""
+def read_class_list(path: str | Path) -> dict[int, str]:
+    """Read a class list as index -> name, the names as written: a checkpoint's ``config.json`` (its
+    ``id2label``), JSON ``{name: index}`` or ``[name, ...]``, or a text file with one name per line."""
     path = Path(path)
     text = path.read_text()
     if path.suffix == ".json":
         data = json.loads(text)
         if isinstance(data, dict) and "id2label" in data:
-            return class_names_from_id2label(data["id2label"])
+            return {int(index): name for index, name in data["id2label"].items()}
         items = data.items() if isinstance(data, dict) else ((name, i) for i, name in enumerate(data))
-        return {normalize_class_name(name): int(index) for name, index in items}
-    names = [line for line in text.splitlines() if line.strip()]
-    return {normalize_class_name(name): index for index, name in enumerate(names)}
+        return {int(index): name for name, index in items}
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    return dict(enumerate(names))
+
+
+def load_class_names(path: str | Path) -> dict[str, int]:
+    """Read a class list (:func:`read_class_list`) as a normalised name -> index map."""
+    return {normalize_class_name(name): index for index, name in read_class_list(path).items()}
 
 
 def class_names_from_id2label(id2label: Mapping[int | str, str]) -> dict[str, int]:
     """Invert a model config's ``id2label`` into a normalised name -> index map."""
     return {normalize_class_name(name): int(index) for index, name in id2label.items()}
+
+
+#: EPIC-KITCHENS-100's class lists (``id,key,instances,category``), read from beside the annotation file
+EPIC_CLASS_FILES = {"verb": "EPIC_100_verb_classes.csv", "noun": "EPIC_100_noun_classes.csv"}
+
+
+def head_class_names(
+    dataset: str,
+    annotations: str | Path,
+    head_sizes: Mapping[str, int],
+    id2label: Mapping[int | str, str] | None = None,
+    classes_file: str | Path | None = None,
+) -> dict[str, list[str]]:
+    """Each head's class names in index order, from what the run is evaluated with: Kinetics' ``--classes``,
+    Something-Something's ``labels.json``, EPIC-KITCHENS-100's verb and noun lists beside the annotations, else the
+    model's ``id2label`` (split over the heads in order, a ``head: `` prefix dropped; transformers' default
+    ``LABEL_N`` names count as none). Heads without names are left out; an index a list lacks is named by its
+    number."""
+    lists: dict[str, dict[int, str]] = {}
+    if dataset == "k400" and classes_file:
+        lists["class"] = read_class_list(classes_file)
+    elif dataset == "ssv2":
+        lists["class"] = read_class_list(classes_file or Path(annotations).with_name("labels.json"))
+    elif dataset == "epic100":
+        for head, name in EPIC_CLASS_FILES.items():
+            if Path(annotations).with_name(name).is_file():
+                lists[head] = _read_epic_classes(Path(annotations).with_name(name))
+    names = {int(index): name for index, name in (id2label or {}).items()}
+    if len(names) == sum(head_sizes.values()) and any(name != f"LABEL_{i}" for i, name in names.items()):
+        offset = 0
+        for head, size in head_sizes.items():
+            own = {i: names.get(offset + i, str(i)).removeprefix(f"{head}: ") for i in range(size)}
+            lists.setdefault(head, own)
+            offset += size
+    return {head: [lists[head].get(i, str(i)) for i in range(size)] for head, size in head_sizes.items() if head in lists}
+
+
+def _read_epic_classes(path: Path) -> dict[int, str]:
+    """An EPIC-KITCHENS-100 class list (``EPIC_100_verb_classes.csv``): index -> key."""
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        if not {"id", "key"} <= set(reader.fieldnames or ()):
+            raise _fail(path, 1, f"expected a header with columns id and key, got {reader.fieldnames}")
+        try:
+            return {int(row["id"]): row["key"] for row in reader}
+        except ValueError:
+            raise _fail(path, reader.line_num, "expected an integer id") from None
 
 
 def _fail(path: Path, line: int, message: str) -> AnnotationError:

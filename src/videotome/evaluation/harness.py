@@ -30,7 +30,8 @@ from ..heads import format_heads, logits_per_head, model_heads, parse_heads
 from ..loading import VIDEO_MODEL_TYPES, load_local_model, resolve_model_dir
 from ..measure import synchronize
 from ..plan import MergeSettings
-from .datasets import DATASETS, Sample, check_labels, class_names_from_id2label, load_samples
+from .datasets import DATASETS, Sample, check_labels, class_names_from_id2label, head_class_names, load_samples
+from .logits import LogitsWriter, clip_logits
 from .results import ResultsError, ResultsWriter, compute_metrics, run_id
 from .video import (
     DECODERS,
@@ -93,6 +94,9 @@ class EvalConfig:
     device: str | None = field(default=None, metadata=_help("cpu, cuda or cuda:N (default: cuda when available)"))
     strict: bool = field(default=False, metadata=_help("stop at the first missing or undecodable video"))
     progress: bool = field(default=True, metadata=_help("hide the progress bar", flag="--no-progress"))
+    save_logits: bool = field(
+        default=False, metadata=_help("also write every clip's logits beside the results file (RUN.logits/)")
+    )
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -188,13 +192,21 @@ def package_version(package: str) -> str | None:
 
 
 def make_header(
-    settings: dict[str, Any], *, batch_size: int, workers: int, device: torch.device, world: int = 1
+    settings: dict[str, Any],
+    *,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    world: int = 1,
+    class_names: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
-    """The first line of a run: settings, library versions and hardware."""
+    """The first line of a run: settings, each head's class names (those known; outside the settings, so they do
+    not change the run's id), library versions and hardware."""
     return {
         "type": "header",
         "run": run_id(settings),
         "settings": settings,
+        "class_names": class_names or {},
         "batch_size": batch_size,
         "workers": workers,
         "versions": {
@@ -243,14 +255,15 @@ def _collate_items(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def forward_batch(
     model: torch.nn.Module, pixels: torch.Tensor, heads: dict[str, int] | None
 ) -> tuple[dict[str, torch.Tensor], float]:
-    """Run the model on a batch; return probabilities per head and the seconds the forward pass took."""
+    """Run the model on a batch; return float32 logits per head (on the CPU) and the seconds the forward pass
+    took."""
     synchronize(pixels.device)
     begin = time.perf_counter()
     with torch.inference_mode():
         output = model(pixel_values=pixels)
     synchronize(pixels.device)
     seconds = time.perf_counter() - begin
-    return {head: logits.float().softmax(-1).cpu() for head, logits in logits_per_head(output, heads).items()}, seconds
+    return {head: logits.float().cpu() for head, logits in logits_per_head(output, heads).items()}, seconds
 
 
 def apply_reduction(model: torch.nn.Module, settings: MergeSettings) -> None:
@@ -318,16 +331,23 @@ def evaluate(config: EvalConfig, *, new_runs: bool = False, resume: bool = False
     loaded = load_classifier(config, directory, context.device)
     heads = loaded.heads
     apply_reduction(loaded.model, config.merge)
-    check_labels(samples, _probe(loaded, heads, context.device), config.annotations)
+    head_sizes = _probe(loaded, heads, context.device)
+    check_labels(samples, head_sizes, config.annotations)
     settings = run_settings(config, loaded)
+    names = head_class_names(
+        config.dataset, config.annotations, head_sizes, getattr(loaded.config, "id2label", None), config.classes
+    )
     header = make_header(
-        settings, batch_size=config.batch_size, workers=config.workers, device=context.device, world=context.world
+        settings, batch_size=config.batch_size, workers=config.workers, device=context.device, world=context.world,
+        class_names=names,
     )
 
-    writer, failure = None, None
-    if context.is_main:  # only rank 0 touches the file; the others learn what is done from it
+    writer, logits, failure = None, None, None
+    if context.is_main:  # only rank 0 touches the files; the others learn what is done from them
         try:
             writer = ResultsWriter(out, header, resume=resume or new_runs, new_runs=new_runs)
+            if config.save_logits:
+                logits = LogitsWriter(out, header["run"], writer.done)
         except ResultsError as error:
             failure = str(error)
     done = writer.done if writer else {}
@@ -352,6 +372,7 @@ def evaluate(config: EvalConfig, *, new_runs: bool = False, resume: bool = False
             heads=heads,
             header=header,
             writer=writer,
+            logits=logits,
             records=dict(done),
             context=context,
             total=len(remaining),
@@ -379,6 +400,7 @@ def score(
     header: dict[str, Any],
     writer: ResultsWriter | None,
     records: dict[str, dict[str, Any]],
+    logits: LogitsWriter | None = None,
     context: DistContext,
     total: int,
     frames: int,
@@ -390,7 +412,8 @@ def score(
 
     ``batches`` come from decoded videos (:func:`evaluate`) or from tensors in memory
     (:func:`videotome.evaluation.tensors.evaluate_tensors`). Rank 0 gathers every rank's lines of each step and
-    writes them (``writer`` is None on the other ranks); ``records`` holds the lines already in the file.
+    writes them (``writer`` is None on the other ranks); ``records`` holds the lines already in the file. With
+    ``logits`` (rank 0 of a ``--save-logits`` run), each step's logits are written before its lines.
     ``throughput`` replaces the speed measured here (e.g. by an interleaved timing). Returns the summary on every
     rank.
     """
@@ -403,14 +426,18 @@ def score(
         if strict and failed is not None:
             raise EvaluationError(f"{failed['sample'].id}: {failed['error']} (--strict stops at the first bad video)")
         good = [item["pixels"] for item in items if item["error"] is None]
-        probabilities: dict[str, torch.Tensor] = {}
+        batch_logits: dict[str, torch.Tensor] = {}
         if good:
-            probabilities, seconds = forward_batch(model, torch.stack(good).to(context.device), heads)
+            batch_logits, seconds = forward_batch(model, torch.stack(good).to(context.device), heads)
             model_clips, model_seconds = model_clips + len(good), model_seconds + seconds
         count += len(items)
-        gathered = gather(clip_records(items, probabilities, brief), context)
+        probabilities = {head: values.softmax(-1) for head, values in batch_logits.items()}
+        good_ids = [item["sample"].id for item in items if item["error"] is None]
+        gathered = gather((clip_records(items, probabilities, brief), clip_logits(good_ids, batch_logits)), context)
         if writer is not None:
-            lines = [{"type": "clip", "run": rid, **record} for part in gathered for record in part]
+            if logits is not None:
+                logits.write({clip: values for _, part in gathered for clip, values in part.items()})
+            lines = [{"type": "clip", "run": rid, **record} for part, _ in gathered for record in part]
             writer.write(lines)
             records.update((line["id"], line) for line in lines)
             bar.update(len(lines))

@@ -83,6 +83,12 @@ def dataset_label(settings: Mapping[str, Any]) -> str:
     return settings["dataset"]
 
 
+def ordered_heads(heads: Iterable[str]) -> list[str]:
+    """Heads in the order tables show them: verb, noun, then the others by name (the first is a run's main head)."""
+    order = {"verb": 0, "noun": 1}
+    return sorted(heads, key=lambda head: (order.get(head, 2), head))
+
+
 def metric_names(metrics: Iterable[Mapping[str, Any]]) -> tuple[str, ...]:
     """The accuracy columns of a dataset from its runs' metrics: class top-1 and top-5 for one unnamed head, else
     each head's top-1 and the action top-1 when there is one."""
@@ -90,8 +96,7 @@ def metric_names(metrics: Iterable[Mapping[str, Any]]) -> tuple[str, ...]:
     heads = sorted({key[: -len("_top1")] for key in keys if key.endswith("_top1")} - {"action"})
     if heads in ([], ["class"]):
         return ("class_top1", "class_top5")
-    order = {"verb": 0, "noun": 1}
-    names = [f"{head}_top1" for head in sorted(heads, key=lambda head: (order.get(head, 2), head))]
+    names = [f"{head}_top1" for head in ordered_heads(heads)]
     return tuple(names + (["action_top1"] if "action_top1" in keys else []))
 
 
