@@ -53,6 +53,7 @@ SMALL: dict[str, dict[str, str | None]] = {
         "--synthetic-videos": "32", "--synthetic-eval-videos": "16",
     },
     "vtm eval": {},
+    "visualize": {"--no-progress": None},
     "vtm bench": {"--repeats": "1", "--warmup": "0", "--shape": "12 16 64", "--windows": "2 6 12", "--device": "cpu"},
 }
 #: the main user paths: each must run at least once somewhere in the docs
@@ -233,6 +234,12 @@ def decide(command: Command, parser: argparse.ArgumentParser, workdir: Path) -> 
             return "skip", "a built-in base-size model at 224 pixels: over a minute on 2 CPU cores (tests/test_bench.py)"
         if not model.startswith(TESTBED_CHECKPOINTS):
             return "skip", "needs a local checkpoint directory"
+    if words == "visualize":
+        model, video = (option(tokens, "--model") or [""])[0], (option(tokens, "--video") or [""])[0]
+        if not model.startswith(("testbed:", TESTBED_CHECKPOINTS)):
+            return "skip", "needs a local checkpoint directory (only the packaged testbed models run)"
+        if not glob.glob(str(workdir / video)):
+            return "skip", "needs a video that no earlier documented command writes"
     if words == "vtm train" and (option(tokens, "--dataset") or ["synthetic"])[0] != "synthetic":
         return "skip", "needs LVU / Breakfast / COIN features"
     if words == "vtm eval" and not (workdir / option(tokens, "--checkpoint")[0]).exists():

@@ -17,7 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from . import patch, plan
-from .loading import load_local_model
+from .loading import IMAGE_MODEL_TYPES, load_local_model
 from .measure import peak_memory_mb, resolve_device, seconds_in_region, time_interleaved
 from .merge import PROFILER_REGION
 from .options import add_options, from_args
@@ -86,7 +86,7 @@ def example_input(model: nn.Module, batch_size: int) -> tuple[torch.Tensor, int]
     layout that fractional r and ``tokens_per_layer`` come from), and how many clips they hold."""
     config = model.config
     size = config.image_size
-    if config.model_type in ("vit", "dinov2"):
+    if config.model_type in IMAGE_MODEL_TYPES:
         return torch.randn(batch_size * IMAGE_FRAMES_PER_CLIP, config.num_channels, size, size), batch_size
     return torch.randn(batch_size, config.num_frames, config.num_channels, size, size), batch_size
 

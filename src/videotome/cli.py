@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "videotome.evaluation.commands",
     "videotome.vtm.commands",
     "videotome.testbed.commands",
+    "videotome.analysis.commands",
 )
 
 

@@ -11,6 +11,11 @@ from torch import nn
 
 #: model types whose checkpoints are video classifiers; anything else loads as a backbone (ViT, DINOv2)
 VIDEO_MODEL_TYPES = ("videomae", "vivit", "timesformer", "motionformer")
+#: image backbones that run on a video frame by frame (its frames are a batch of images)
+IMAGE_MODEL_TYPES = ("vit", "dinov2")
+#: the testbed checkpoints packaged with videotome, one directory per architecture; ``testbed:ARCH`` names one
+TESTBED_CHECKPOINTS = Path(__file__).parent / "testbed" / "checkpoints"
+TESTBED_PREFIX = "testbed:"
 #: the ``config.json`` key of a checkpoint's own evaluation defaults: ``{"heads": "verb:8,noun:10", "sampling":
 #: {"frames", "sampling", "stride"}}`` (Hugging Face keeps unknown keys; both parts are optional)
 SETTINGS_KEY = "videotome"
@@ -22,7 +27,10 @@ def stored_settings(config: Any) -> dict[str, Any]:
 
 
 def resolve_model_dir(reference: str | Path) -> Path:
-    """The local directory of a model: the path itself, or the Hugging Face cache's copy of a Hub id."""
+    """The local directory of a model: the path itself, a packaged testbed checkpoint (``testbed:ARCH``), or the
+    Hugging Face cache's copy of a Hub id."""
+    if str(reference).startswith(TESTBED_PREFIX):
+        return testbed_dir(str(reference).removeprefix(TESTBED_PREFIX))
     path = Path(reference)
     if path.is_dir():
         return path.resolve()
@@ -35,6 +43,16 @@ def resolve_model_dir(reference: str | Path) -> Path:
             f"model {str(reference)!r} is not a local directory nor in the Hugging Face cache; download it first, "
             f"e.g. hf download {reference} --local-dir DIR, and pass DIR"
         ) from error
+
+
+def testbed_dir(arch: str) -> Path:
+    """The directory of the packaged testbed checkpoint of ``arch``; refused, naming those there are, when none."""
+    directory = TESTBED_CHECKPOINTS / arch
+    if not arch or not (directory / "config.json").is_file():
+        packaged = sorted(path.parent.name for path in TESTBED_CHECKPOINTS.glob("*/config.json"))
+        raise ValueError(f"no packaged testbed checkpoint {arch!r}; expected {TESTBED_PREFIX}ARCH with ARCH one of "
+                         f"{packaged}")
+    return directory.resolve()
 
 
 @contextmanager

@@ -277,6 +277,18 @@ def resolve_r(r: int | float, layout: TokenLayout) -> int:
     return r
 
 
+#: the paper's operating point: share of the initial tokens removed per layer (per frame for divided models)
+OPERATING_SHARE = {"joint": 0.096, "divided": 18 / 196}
+
+
+def operating_r(layout: TokenLayout, share: float | None = None) -> int:
+    """Tokens per layer (per group), at least 1, removing ``share`` of each group's initial mergeable tokens;
+    default: the paper's operating point (the divided share when the tokens merge in several groups, frames)."""
+    if share is None:
+        share = OPERATING_SHARE["divided" if layout.groups > 1 else "joint"]
+    return max(1, resolve_r(share, layout))
+
+
 def build_plan(
     settings: MergeSettings,
     num_layers: int,

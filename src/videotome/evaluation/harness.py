@@ -42,8 +42,7 @@ from .video import (
     check_decoder,
     load_preprocessing,
     model_sampling,
-    preprocess,
-    read_clip,
+    read_input,
 )
 
 TOP_K = 5
@@ -152,17 +151,33 @@ def read_samples(config: EvalConfig, directory: Path) -> list[Sample]:
 def load_classifier(config: EvalConfig, directory: Path, device: torch.device) -> LoadedModel:
     """Load the classifier in ``directory`` (a transformers video model or the Motionformer) and its sampling,
     preprocessing and heads (flags first, then the checkpoint's own settings, then the family's defaults)."""
+    loaded = load_model(directory, device, config.frames, config.sampling, config.stride)
+    loaded.heads = model_heads(loaded.config, config.heads)
+    return loaded
+
+
+def load_model(
+    directory: Path,
+    device: torch.device,
+    frames: int | None = None,
+    sampling: str | None = None,
+    stride: int | None = None,
+    *,
+    model_types: tuple[str, ...] = VIDEO_MODEL_TYPES,
+) -> LoadedModel:
+    """Load the model in ``directory`` with the frame sampling and preprocessing that feed it (the values given,
+    then the checkpoint's own settings, then the family's defaults); a model type outside ``model_types`` is
+    refused before any weights are read (image backbones, run frame by frame, are ``IMAGE_MODEL_TYPES``)."""
     model_type = read_model_config(directory).get("model_type", "")
-    if model_type not in VIDEO_MODEL_TYPES:
-        raise EvaluationError(f"{directory} holds a {model_type!r} model; expected one of {VIDEO_MODEL_TYPES}")
+    if model_type not in model_types:
+        raise EvaluationError(f"{directory} holds a {model_type!r} model; expected one of {model_types}")
     model = load_local_model(directory)
     model_config = model.config
-    sampling = model_sampling(model_config, config.frames, config.sampling, config.stride)
+    frame_sampling = model_sampling(model_config, frames, sampling, stride)
     image_size = getattr(model_config, "image_size", 224)
     image_size = image_size[0] if isinstance(image_size, (list, tuple)) else image_size
     preprocessing = load_preprocessing(directory, model_type, int(image_size))
-    heads = model_heads(model_config, config.heads)
-    return LoadedModel(model.to(device).eval(), directory, model_type, model_config, sampling, preprocessing, heads)
+    return LoadedModel(model.to(device).eval(), directory, model_type, model_config, frame_sampling, preprocessing)
 
 
 def run_settings(config: EvalConfig, loaded: LoadedModel) -> dict[str, Any]:
@@ -241,10 +256,11 @@ class ClipDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]
         try:
-            frames = read_clip(sample.path, self.sampling, sample.start, sample.end, self.decoder)
+            _, pixels = read_input(sample.path, self.sampling, self.preprocessing, sample.start, sample.end,
+                                   self.decoder)
         except DecodeError as error:
             return {"sample": sample, "pixels": None, "error": str(error)}
-        return {"sample": sample, "pixels": preprocess(frames, self.preprocessing), "error": None}
+        return {"sample": sample, "pixels": pixels, "error": None}
 
 
 def _collate_items(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -51,6 +51,9 @@ FAMILY_DEFAULTS = {
     "vivit": FamilyDefaults(32, "dense", 2, HALF, HALF),
     "timesformer": FamilyDefaults(8, "uniform", 1, IMAGENET_MEAN, IMAGENET_STD),
     "motionformer": FamilyDefaults(16, "dense", 4, HALF, HALF),  # the official configs' DATA.MEAN/STD
+    # image backbones run frame by frame (the frames are a batch of images), normalised as their processors do
+    "vit": FamilyDefaults(8, "uniform", 1, HALF, HALF),
+    "dinov2": FamilyDefaults(8, "uniform", 1, IMAGENET_MEAN, IMAGENET_STD),
 }
 
 
@@ -174,6 +177,12 @@ def load_preprocessing(model_dir: str | Path, model_type: str, image_size: int) 
 
 def preprocess(frames: np.ndarray, pipeline: Preprocessing) -> torch.Tensor:
     """Turn ``(T, H, W, 3)`` uint8 frames into the model's ``(T, 3, h, w)`` float input."""
+    return normalize(resize_and_crop(frames, pipeline), pipeline).contiguous()
+
+
+def resize_and_crop(frames: np.ndarray, pipeline: Preprocessing) -> torch.Tensor:
+    """The geometry of :func:`preprocess`: ``(T, H, W, 3)`` uint8 frames resized and cropped to the model's
+    ``(T, 3, h, w)``, still float pixel values (0-255): the frames the model sees, before normalisation."""
     video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
     height, width = video.shape[-2:]
     if pipeline.shortest_edge is not None:
@@ -186,7 +195,7 @@ def preprocess(frames: np.ndarray, pipeline: Preprocessing) -> torch.Tensor:
         video = F.interpolate(video, size=size, mode="bilinear", align_corners=False, antialias=True)
     if pipeline.crop is not None:
         video = center_crop(video, pipeline.crop)
-    return normalize(video, pipeline).contiguous()
+    return video
 
 
 def normalize(video: torch.Tensor, pipeline: Preprocessing) -> torch.Tensor:
@@ -238,6 +247,34 @@ def read_clip(
     if decoder == "decord":
         return _read_clip_decord(path, config, start, end)
     return _read_clip_pyav(path, config, start, end)
+
+
+def read_input(
+    path: str | Path,
+    config: SamplingConfig,
+    pipeline: Preprocessing,
+    start: float | None = None,
+    end: float | None = None,
+    decoder: str = "pyav",
+) -> tuple[np.ndarray, torch.Tensor]:
+    """A video as ``videotome eval`` feeds it: the sampled frames as the model sees them, ``(T, h, w, 3)`` uint8
+    (resized and cropped), and the model's ``(T, 3, h, w)`` input (:func:`read_clip`, then :func:`preprocess`)."""
+    seen = resize_and_crop(read_clip(path, config, start, end, decoder), pipeline)
+    shown = seen.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return shown, normalize(seen, pipeline).contiguous()
+
+
+def frame_rate(path: str | Path) -> float:
+    """Frames per second of a video's first video stream (25 when the container does not say)."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise DecodeError(f"no video stream in {path}")
+            return float(container.streams.video[0].average_rate or 25)
+    except (av.error.FFmpegError, OSError) as error:
+        raise DecodeError(f"cannot decode {path}: {error}") from error
 
 
 def _read_clip_pyav(path: Path, config: SamplingConfig, start: float | None, end: float | None) -> np.ndarray:

@@ -22,11 +22,11 @@ from torch import nn
 
 from ..evaluation.video import SamplingConfig, model_sampling, sample_indices
 from ..heads import format_heads, logits_per_head, model_heads
-from ..loading import SETTINGS_KEY, load_local_model
+from ..loading import SETTINGS_KEY, TESTBED_CHECKPOINTS, load_local_model
 from .data import HEADS, NOUNS, PREPROCESSOR_CONFIG, VERBS, ClipSpec
 
 ARCHITECTURES = ("videomae", "vivit", "timesformer", "motionformer")
-CHECKPOINTS = Path(__file__).parent / "checkpoints"
+CHECKPOINTS = TESTBED_CHECKPOINTS
 METADATA = "testbed.json"
 PREPROCESSOR_FILE = "preprocessor_config.json"
 HIDDEN_SIZE = 64

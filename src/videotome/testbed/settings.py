@@ -16,11 +16,10 @@ import torch
 import videotome
 
 from ..adapters import find_adapter
-from ..plan import SCHEDULES, STRATEGIES, MergeSettings, resolve_r
+from ..plan import OPERATING_SHARE, SCHEDULES, STRATEGIES, MergeSettings
+from ..plan import operating_r as layout_operating_r
 
 DIVIDED_ARCHITECTURES = ("timesformer", "motionformer")
-#: the paper's operating point: share of the initial tokens removed per layer (per frame for divided models)
-OPERATING_SHARE = {"joint": 0.096, "divided": 18 / 196}
 #: the strategies of the default table: all but hybrid, which needs a threshold (the full settings add three)
 DEFAULT_STRATEGIES = tuple(strategy for strategy in STRATEGIES if strategy != "hybrid")
 THRESHOLDS = (0.5, 0.7, 0.9)
@@ -34,9 +33,9 @@ def is_divided(arch: str) -> bool:
 
 def operating_r(model: torch.nn.Module, arch: str, share: float | None = None) -> int:
     """Tokens per layer (per frame for divided models) removing ``share`` of the initial tokens (default: the
-    paper's operating point)."""
+    paper's operating point, :data:`~videotome.plan.OPERATING_SHARE`)."""
     share = OPERATING_SHARE["divided" if is_divided(arch) else "joint"] if share is None else share
-    return max(1, resolve_r(share, find_adapter(model).layout(model)))
+    return layout_operating_r(find_adapter(model).layout(model), share)
 
 
 def operating_point(model: torch.nn.Module, arch: str) -> MergeSettings:

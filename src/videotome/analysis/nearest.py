@@ -1,0 +1,59 @@
+"""The donor of a splice chosen from a run's saved logits: the clip of the same class whose predictions are nearest.
+
+Nearness is the KL divergence of the donor's softmax from the source's (summed over heads), read from the logits an
+evaluation saved (:func:`videotome.evaluation.logits.read_logits`); the clips' labels and video paths come from the
+run's results file (clip lines, and the header's dataset, annotations and root).
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import torch
+
+from ..errors import VideotomeError
+from ..evaluation.datasets import class_names_from_id2label, load_samples
+from ..evaluation.harness import read_model_config
+from ..evaluation.results import read_runs
+
+LOGITS_MODULE = "videotome.evaluation.logits"
+
+
+def kl_divergence(source: dict[str, torch.Tensor], other: dict[str, torch.Tensor]) -> float:
+    """KL(softmax(source) || softmax(other)), summed over the heads of two clips' logits."""
+    total = 0.0
+    for head, logits in source.items():
+        log_p, log_q = logits.float().log_softmax(-1), other[head].float().log_softmax(-1)
+        total += float((log_p.exp() * (log_p - log_q)).sum())
+    return total
+
+
+def nearest_donor(results: str | Path, video_id: str) -> tuple[str, Path]:
+    """The id and video path of the clip of ``video_id``'s class nearest to it by :func:`kl_divergence` of their
+    saved logits, in the results file ``results`` (its last run that holds ``video_id``)."""
+    try:
+        read_logits = importlib.import_module(LOGITS_MODULE).read_logits
+    except ModuleNotFoundError:
+        raise VideotomeError(f"--splice-nearest needs saved logits ({LOGITS_MODULE}), which this videotome lacks")
+    runs = [run for run in read_runs(results) if video_id in run.records]
+    if not runs:
+        raise VideotomeError(f"{results} has no clip {video_id!r}")
+    run = runs[-1]
+    labels = {clip: record["labels"] for clip, record in run.records.items() if record.get("error") is None}
+    logits = read_logits(results)
+    if video_id not in logits:
+        raise VideotomeError(f"{results} saved no logits of clip {video_id!r}")
+    candidates = [clip for clip in logits if clip != video_id and labels.get(clip) == labels.get(video_id)]
+    if not candidates:
+        raise VideotomeError(f"{results} holds no other clip of {video_id!r}'s class {labels.get(video_id)}")
+    donor = min(candidates, key=lambda clip: kl_divergence(logits[video_id], logits[clip]))
+    settings = run.settings
+    missing = [key for key in ("dataset", "annotations", "root") if key not in settings]
+    if missing:
+        raise VideotomeError(f"{results}'s header lacks {missing}: cannot find the donor's video")
+    id2label = read_model_config(Path(settings["model"])).get("id2label") or {}
+    samples = load_samples(settings["dataset"], settings["annotations"], settings["root"],
+                           class_names_from_id2label(id2label), settings.get("classes"))
+    paths = {sample.id: sample.path for sample in samples}
+    return donor, paths[donor]
