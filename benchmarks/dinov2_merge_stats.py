@@ -3,9 +3,9 @@
     PYTHONPATH=src python benchmarks/dinov2_merge_stats.py
 
 Needs ``../shared/data/dinov2-small`` (a Hugging Face ``Dinov2Model``) and ``../shared/data/clips/bigbuckbunny.mp4``
-beside the repository (or in the nearest folder above it that has ``shared/data``); without them it says so and exits 0. Sixteen frames are decoded with videotome's evaluation
-code (``read_clip``, uniform sampling over the clip) and preprocessed as the evaluation harness does (short side
-resized to 224, centre crop 224x224, pixels / 255, ImageNet mean and std, as the checkpoint's SOURCE.md says), so
+beside the repository (or in the nearest folder above it that has ``shared/data``); without them it says so and
+exits 0. Sixteen frames are decoded with videotome's evaluation code (``read_clip``, uniform sampling over the
+clip) and preprocessed as the evaluation harness does (short side resized to 224, centre crop 224x224, pixels / 255, ImageNet mean and std, as the checkpoint's SOURCE.md says), so
 each frame is 16 x 16 patches + the class token = 257 tokens. The frames go through the model as a batch of images
 (each merges on its own).
 
@@ -99,7 +99,8 @@ def number(value: float | None, digits: int = 3) -> str:
 
 
 def stats_table(stats: list[dict], label: str) -> str:
-    lines = [f"| {label} | tokens in -> out | merged per frame | cosine mean | min | max |", "|---|---|---|---|---|---|"]
+    header = f"| {label} | tokens in -> out | merged per frame | cosine mean | min | max |"
+    lines = [header, "|---|---|---|---|---|---|"]
     for row in stats:
         lines.append(
             f"| {row['layer']} | {row['tokens_in']} -> {row['tokens_out']} | {number(row['merged'], 0)} | "

@@ -122,7 +122,8 @@ def shares(
         for name, donor in donors.items():
             values = []
             for start in range(0, len(source), batch):
-                pairs = [splice(s, d, every) for s, d in zip(source[start : start + batch], donor[start : start + batch])]
+                chunk = slice(start, start + batch)
+                pairs = [splice(s, d, every) for s, d in zip(source[chunk], donor[chunk])]
                 frames = torch.stack([frames for frames, _ in pairs])
                 origins = step_origins(pairs[0][1], every)
                 assert (origins != 2).all()
@@ -147,7 +148,8 @@ def table(results: dict[str, dict[int, dict[str, torch.Tensor]]], tokens: dict[s
     for arch, per_depth in results.items():
         if is_divided(arch):
             lines.append(f"| {arch} | every donor and reference: largest share of any clip | "
-                         + " | ".join(f"{max(float(v.max()) for v in per_depth[d].values()):.3f}" for d in depths) + " |")
+                         + " | ".join(f"{max(float(v.max()) for v in per_depth[d].values()):.3f}" for d in depths)
+                         + " |")
             continue
         lines.append(f"| {arch} | tokens left | " + " | ".join(str(tokens[arch][d]) for d in depths) + " |")
         for name, label in DONORS.items():
