@@ -5,9 +5,9 @@
 Needs ``../shared/data/dinov2-small`` (a Hugging Face ``Dinov2Model``) and ``../shared/data/clips/bigbuckbunny.mp4``
 beside the repository (or in the nearest folder above it that has ``shared/data``); without them it says so and
 exits 0. Sixteen frames are decoded with videotome's evaluation code (``read_clip``, uniform sampling over the
-clip) and preprocessed as the evaluation harness does (short side resized to 224, centre crop 224x224, pixels / 255, ImageNet mean and std, as the checkpoint's SOURCE.md says), so
-each frame is 16 x 16 patches + the class token = 257 tokens. The frames go through the model as a batch of images
-(each merges on its own).
+clip) and preprocessed as the evaluation harness does (short side resized to 224, centre crop 224x224, pixels / 255,
+ImageNet mean and std, as the checkpoint's SOURCE.md says), so each frame is 16 x 16 patches + the class token = 257
+tokens. The frames go through the model as a batch of images (each merges on its own).
 
 1. ``videotome.patch(model, r=R, record_stats=True)``, R the constant r that leaves closest to a quarter of the 257
    tokens after the 12th layer (found with ``videotome.plan``): per layer, tokens, merged per frame, and the chosen
