@@ -140,3 +140,52 @@ def test_bad_arguments_are_named() -> None:
         generate("val", 0, seed=0)
     with pytest.raises(ValueError, match="at least 2 frames"):
         ClipSpec(frames=1)
+
+
+def _clip_hash(clips: data.Clips) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in ("video", "verb", "noun", "digit_index", "track"):
+        digest.update(getattr(clips, name).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def test_without_a_digit_override_the_clips_are_as_before() -> None:
+    """The hash was taken from the generator before it took ``digits`` (torch 2.13 CPU); passing the drawn digits
+    back gives the same clips bit for bit."""
+    clips = generate("val", 24, seed=5)
+    assert _clip_hash(clips) == "095214c1223d7cd59e71399cc7a08fd1b097038ed4f3b16d1edd5ccbf9a101db"
+    again = generate("val", 24, seed=5, digits=clips.digit_index.numpy())
+    assert _clip_hash(again) == _clip_hash(clips)
+
+
+def test_a_digit_override_changes_only_the_sprite_and_the_noun() -> None:
+    """Other digits on the same clips: where neither sprite covers a pixel it is the original clip's, bit for bit
+    (background, pan, colour and noise unchanged), the track and verb are the same, the noun is the new digit's."""
+    images, targets = data._digits()
+    clips = generate("val", 24, seed=5)
+    rng = np.random.default_rng(0)
+    pool = split_indices("val")
+    digits = np.array([rng.choice(pool[targets[pool] != noun]) for noun in clips.noun.tolist()])
+    other = generate("val", 24, seed=5, digits=digits)
+    assert other.digit_index.tolist() == digits.tolist()
+    assert other.noun.tolist() == targets[digits].tolist()
+    assert (other.noun != clips.noun).all()
+    assert torch.equal(other.verb, clips.verb) and torch.equal(other.track, clips.track)
+    size = clips.video.shape[-1]
+    covered = (data._render_sprites(images[clips.digit_index], clips.track, size) > 0) | (
+        data._render_sprites(images[other.digit_index], other.track, size) > 0
+    )
+    away = ~covered.unsqueeze(2).expand_as(clips.video)
+    assert away.float().mean() > 0.5
+    assert torch.equal(other.video[away], clips.video[away])
+    assert not torch.equal(other.video[~away], clips.video[~away])
+
+
+def test_a_bad_digit_override_is_refused() -> None:
+    train = split_indices("train")
+    with pytest.raises(ValueError, match="not images of the 'val' split"):
+        generate("val", 4, seed=0, digits=train[:4])
+    with pytest.raises(ValueError, match="4 integer indices"):
+        generate("val", 4, seed=0, digits=split_indices("val")[:3])

@@ -207,11 +207,28 @@ def _render_backgrounds(rng: np.random.Generator, count: int, spec: ClipSpec) ->
     return out
 
 
-def generate(split: str, count: int, seed: int, spec: ClipSpec = ClipSpec()) -> Clips:
+def _check_digits(digits: np.ndarray, count: int, split: str, pool: np.ndarray) -> np.ndarray:
+    """The ``digits`` override of :func:`generate` as int64, refused unless it holds ``count`` images of ``split``."""
+    digits = np.asarray(digits)
+    if digits.shape != (count,) or not np.issubdtype(digits.dtype, np.integer):
+        raise ValueError(f"digits must be {count} integer indices into load_digits, got shape {digits.shape}")
+    outside = np.setdiff1d(digits, pool)
+    if len(outside):
+        raise ValueError(f"digits {outside[:5].tolist()} are not images of the {split!r} split")
+    return digits.astype(np.int64)
+
+
+def generate(
+    split: str, count: int, seed: int, spec: ClipSpec = ClipSpec(), digits: np.ndarray | None = None
+) -> Clips:
     """``count`` clips of ``split`` ("train" or "val"), the same for the same arguments.
 
     Verbs cycle through the eight motions so every verb is equally common; digits, placements, colours,
     backgrounds and noise are drawn from ``seed``.
+
+    ``digits`` (``count`` indices into ``load_digits``, as ``Clips.digit_index``, each one of the split's images)
+    replaces the drawn digit images after they are drawn, so everything else (motion track, background and its pan,
+    colour, noise) is the same as without it: the same clips showing other digits, labelled with their class.
     """
     if count < 1:
         raise ValueError(f"count must be at least 1, got {count}")
@@ -220,6 +237,8 @@ def generate(split: str, count: int, seed: int, spec: ClipSpec = ClipSpec()) -> 
     rng = np.random.default_rng(seed)
     verbs = rng.permutation(np.arange(count) % len(VERBS))
     digit_index = rng.choice(pool, count)
+    if digits is not None:
+        digit_index = _check_digits(digits, count, split, pool)
     track = torch.from_numpy(_tracks(rng, verbs, spec))
     background = _render_backgrounds(rng, count, spec) * torch.from_numpy(rng.uniform(0.35, 0.6, count)).float()[
         :, None, None, None, None
