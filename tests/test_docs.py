@@ -182,3 +182,11 @@ def test_the_flop_claim_of_the_example() -> None:
     unmerged = count_flops(model, clip)
     videotome.patch(model, r=150)
     assert round(unmerged / count_flops(model, clip), 1) == claim
+
+
+def test_the_module_map_names_every_module():
+    text = (REPO / "docs" / "architecture.md").read_text()
+    package = REPO / "src" / "videotome"
+    missing = [str(path.relative_to(package)) for path in package.rglob("*.py")
+               if f"`{path.relative_to(package).as_posix()}`" not in text]
+    assert not missing, f"docs/architecture.md does not map {missing}"

@@ -3,7 +3,6 @@ VideoMAE, divided TimeSformer, frame-wise DINOv2), and on the packaged testbed V
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -13,8 +12,10 @@ import pytest
 import torch
 import transformers
 
+from videotome.analysis.nearest import kl_divergence
 from videotome.analysis.pictures import owner_map
 from videotome.cli import main
+from videotome.evaluation.logits import read_logits
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -153,10 +154,23 @@ def test_testbed_videomae_and_cross_clip_share_of_splices(testbed_clips, tmp_pat
     assert constant > 0
 
 
-@pytest.mark.skipif(importlib.util.find_spec("videotome.evaluation.logits") is None,
-                    reason="videotome.evaluation.logits (read_logits) is not in this version")
-def test_splice_nearest_picks_the_nearest_clip_of_the_same_class(tmp_path):  # pragma: no cover - needs the module
-    pytest.fail("write this test once videotome.evaluation.logits exists")
+def test_splice_nearest_picks_the_nearest_clip_of_the_same_class(testbed_clips, tmp_path):
+    """Three clips given one class: the donor is the other clip whose saved softmax is nearest by KL divergence."""
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path verb noun\n" + "".join(f"videos/val-0000{i}.mp4 0 5\n" for i in range(3)))
+    run = tmp_path / "run.jsonl"
+    assert main(["eval", "--model", "testbed:videomae", "--dataset", "csv", "--root", str(testbed_clips),
+                 "--annotations", str(labels), "--out", str(run), "--save-logits", "--workers", "0",
+                 "--no-progress", "--device", "cpu"]) == 0
+    logits = read_logits(run)
+    source = "videos/val-00000.mp4"
+    others = [clip for clip in logits if clip != source]
+    expected = min(others, key=lambda clip: kl_divergence(logits[source], logits[clip]))
+    out = tmp_path / "nearest"
+    assert main(["visualize", "--model", "testbed:videomae", "--video", str(testbed_clips / source),
+                 "--splice-nearest", str(run), "--video-id", source, "--out", str(out), "--no-progress"]) == 0
+    tokens = json.loads((out / "tokens.json").read_text())
+    assert Path(tokens["donor"]) == (testbed_clips / expected).resolve() and 0 < tokens["cross_clip_share"] <= 1
 
 
 @pytest.mark.parametrize(("extra", "message"), [

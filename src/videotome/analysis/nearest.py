@@ -7,7 +7,6 @@ run's results file (clip lines, and the header's dataset, annotations and root).
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import torch
@@ -15,9 +14,8 @@ import torch
 from ..errors import VideotomeError
 from ..evaluation.datasets import class_names_from_id2label, load_samples
 from ..evaluation.harness import read_model_config
+from ..evaluation.logits import read_logits
 from ..evaluation.results import read_runs
-
-LOGITS_MODULE = "videotome.evaluation.logits"
 
 
 def kl_divergence(source: dict[str, torch.Tensor], other: dict[str, torch.Tensor]) -> float:
@@ -32,28 +30,23 @@ def kl_divergence(source: dict[str, torch.Tensor], other: dict[str, torch.Tensor
 def nearest_donor(results: str | Path, video_id: str) -> tuple[str, Path]:
     """The id and video path of the clip of ``video_id``'s class nearest to it by :func:`kl_divergence` of their
     saved logits, in the results file ``results`` (its last run that holds ``video_id``)."""
-    try:
-        read_logits = importlib.import_module(LOGITS_MODULE).read_logits
-    except ModuleNotFoundError:
-        raise VideotomeError(f"--splice-nearest needs saved logits ({LOGITS_MODULE}), which this videotome lacks")
     runs = [run for run in read_runs(results) if video_id in run.records]
     if not runs:
         raise VideotomeError(f"{results} has no clip {video_id!r}")
     run = runs[-1]
     labels = {clip: record["labels"] for clip, record in run.records.items() if record.get("error") is None}
-    logits = read_logits(results)
+    logits = read_logits(results, run.id)
     if video_id not in logits:
         raise VideotomeError(f"{results} saved no logits of clip {video_id!r}")
     candidates = [clip for clip in logits if clip != video_id and labels.get(clip) == labels.get(video_id)]
     if not candidates:
         raise VideotomeError(f"{results} holds no other clip of {video_id!r}'s class {labels.get(video_id)}")
     donor = min(candidates, key=lambda clip: kl_divergence(logits[video_id], logits[clip]))
-    settings = run.settings
-    missing = [key for key in ("dataset", "annotations", "root") if key not in settings]
-    if missing:
-        raise VideotomeError(f"{results}'s header lacks {missing}: cannot find the donor's video")
+    settings, root = run.settings, run.header.get("root")
+    if root is None:
+        raise VideotomeError(f"{results} does not name its videos' folder (written before videotome recorded it)")
     id2label = read_model_config(Path(settings["model"])).get("id2label") or {}
-    samples = load_samples(settings["dataset"], settings["annotations"], settings["root"],
+    samples = load_samples(settings["dataset"], settings["annotations"], root,
                            class_names_from_id2label(id2label), settings.get("classes"))
     paths = {sample.id: sample.path for sample in samples}
     return donor, paths[donor]

@@ -357,6 +357,7 @@ def evaluate(config: EvalConfig, *, new_runs: bool = False, resume: bool = False
         settings, batch_size=config.batch_size, workers=config.workers, device=context.device, world=context.world,
         class_names=names,
     )
+    header["root"] = str(Path(config.root).resolve())  # where the clips are (not part of the run's identity)
 
     writer, logits, failure = None, None, None
     if context.is_main:  # only rank 0 touches the files; the others learn what is done from them
