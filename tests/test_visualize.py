@@ -61,7 +61,9 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             transformers.VideoMAEConfig(num_frames=4, tubelet_size=2, num_labels=3, **COMMON)), root / "videomae"),
         "timesformer": save(transformers.TimesformerForVideoClassification(
             transformers.TimesformerConfig(num_frames=4, num_labels=3, **COMMON)), root / "timesformer"),
-        "dinov2": save(transformers.Dinov2Model(transformers.Dinov2Config(**COMMON)), root / "dinov2"),
+        # configured for larger images than its processor feeds it, as the published DINOv2 (518 against 224)
+        "dinov2": save(transformers.Dinov2Model(transformers.Dinov2Config(**{**COMMON, "image_size": 64})),
+                       root / "dinov2"),
     }
 
 

@@ -122,6 +122,11 @@ class LoadedModel:
     heads: dict[str, int] | None = None
 
 
+#: image backbones that interpolate their position embeddings to any input size (DINOv2 is trained at 518 pixels
+#: and published with a 224-pixel processor)
+INTERPOLATING_TYPES = ("dinov2",)
+
+
 def read_model_config(directory: Path) -> dict[str, Any]:
     """Read a checkpoint's ``config.json`` as a plain dict."""
     path = directory / "config.json"
@@ -177,6 +182,9 @@ def load_model(
     image_size = getattr(model_config, "image_size", 224)
     image_size = image_size[0] if isinstance(image_size, (list, tuple)) else image_size
     preprocessing = load_preprocessing(directory, model_type, int(image_size))
+    side = preprocessing.crop or preprocessing.resize_to
+    if model_type in INTERPOLATING_TYPES and side is not None and side[0] == side[1] != image_size:
+        model_config.image_size = side[0]  # it runs at the size its processor feeds it: layout and grid follow
     return LoadedModel(model.to(device).eval(), directory, model_type, model_config, frame_sampling, preprocessing)
 
 
