@@ -117,11 +117,7 @@ def sources(model: nn.Module) -> Tensor:
     column of zeros is a patch that was dropped.
     """
     record = _patch_of(model)
-    if not record.plan.trace_source:
-        raise ValueError("sources() needs videotome.patch(model, r, trace_source=True)")
-    if record.last_sources is None:
-        raise ValueError("sources() has nothing yet: run a forward pass of the patched model first")
-    return record.last_sources
+    return _recorded("sources", record.plan.trace_source, "trace_source", record.last_sources)
 
 
 def layer_stats(model: nn.Module) -> list[dict[str, Any]]:
@@ -131,11 +127,16 @@ def layer_stats(model: nn.Module) -> list[dict[str, Any]]:
     models: the share of merges joining tokens whose patches come from different frames). None where nothing
     applies (a layer that removed nothing, a divided or image model's temporal share)."""
     record = _patch_of(model)
-    if not record.plan.record_stats:
-        raise ValueError("layer_stats() needs videotome.patch(model, r, record_stats=True)")
-    if record.last_stats is None:
-        raise ValueError("layer_stats() has nothing yet: run a forward pass of the patched model first")
-    return record.last_stats
+    return _recorded("layer_stats", record.plan.record_stats, "record_stats", record.last_stats)
+
+
+def _recorded(reader: str, kept: bool, option: str, value: Any) -> Any:
+    """What a forward recorded for ``reader``, or the error that says why there is nothing."""
+    if not kept:
+        raise ValueError(f"{reader}() needs videotome.patch(model, r, {option}=True)")
+    if value is None:
+        raise ValueError(f"{reader}() has nothing yet: run a forward pass of the patched model first")
+    return value
 
 
 def token_grid(model: nn.Module) -> Tensor:
