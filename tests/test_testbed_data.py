@@ -142,20 +142,27 @@ def test_bad_arguments_are_named() -> None:
         ClipSpec(frames=1)
 
 
-def _clip_hash(clips: data.Clips) -> str:
+#: the hash of generate("val", 24, seed=5)'s labels and tracks, from the generator before it took ``digits``
+DRAWS_BEFORE_THE_OVERRIDE = "170ef85add79669e6bad9dbf2ea2aa7523218b5d260a20c2a6486498b5309dc9"
+
+
+def _clip_hash(clips: data.Clips, fields: tuple[str, ...] = ("video", "verb", "noun", "digit_index", "track")) -> str:
     import hashlib
 
     digest = hashlib.sha256()
-    for name in ("video", "verb", "noun", "digit_index", "track"):
+    for name in fields:
         digest.update(getattr(clips, name).numpy().tobytes())
     return digest.hexdigest()
 
 
 def test_without_a_digit_override_the_clips_are_as_before() -> None:
-    """The hash was taken from the generator before it took ``digits`` (torch 2.13 CPU); passing the drawn digits
-    back gives the same clips bit for bit."""
+    """The labels and motion tracks (numpy's generator: the same on every machine) hash as they did before the
+    generator took ``digits``; the pixels go through torch's float kernels, which may round otherwise on another
+    processor, so they are checked against a second call instead: passing the drawn digits back gives the same clips
+    bit for bit."""
     clips = generate("val", 24, seed=5)
-    assert _clip_hash(clips) == "095214c1223d7cd59e71399cc7a08fd1b097038ed4f3b16d1edd5ccbf9a101db"
+    draws = ("verb", "noun", "digit_index", "track")
+    assert _clip_hash(clips, draws) == DRAWS_BEFORE_THE_OVERRIDE
     again = generate("val", 24, seed=5, digits=clips.digit_index.numpy())
     assert _clip_hash(again) == _clip_hash(clips)
 
