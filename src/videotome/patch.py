@@ -22,7 +22,7 @@ from .adapters import ADAPTERS, find_adapter
 from .adapters.base import Adapter, LayerCall, TokenState
 from .dependencies import check_transformers
 from .plan import MergePlan, MergeSettings, build_plan, merge_settings
-from .stats import summarize
+from .stats import added_record, summarize
 
 _ATTRIBUTE = "_videotome"
 
@@ -179,8 +179,7 @@ def merged_forward(
         if hidden_states is not None:
             hidden_states.append(state.x)
         if merge_plan.record_stats:
-            step = state.records[reductions] if len(state.records) > reductions else None
-            layers.append((index, tokens_in, state.x.shape[1], step))
+            layers.append((index, tokens_in, state.x.shape[1], added_record(state.records, reductions)))
     if merge_plan.trace_source:
         record.last_sources = adapter.sources(state)
     if merge_plan.record_stats:

@@ -55,6 +55,11 @@ def frames_held(source: Tensor | None, input_frames: Tensor, batch: int) -> Tens
     return (source @ one_hot.to(source.dtype)) > 0
 
 
+def added_record(records: tuple[ReductionRecord, ...], before: int) -> ReductionRecord | None:
+    """The record a step added to ``records`` (which held ``before`` of them), or None when it reduced nothing."""
+    return records[before] if len(records) > before else None
+
+
 def summarize(layers: list[tuple[int, int, int, ReductionRecord | None]]) -> list[dict[str, Any]]:
     """Plain per-layer statistics from (layer, tokens in, tokens out, record or None) of one forward.
 

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from ..adapters import find_adapter
 from ..adapters.base import LayerCall, TokenState
 from ..plan import MergeSettings, build_plan, merge_settings
-from ..stats import summarize
+from ..stats import added_record, summarize
 
 
 class Duplication(NamedTuple):
@@ -65,5 +65,5 @@ def duplicate_layer(
         for copy in range(times):
             tokens_in, done = state.x.shape[1], len(state.records)
             state = adapter.merge_step(layers[layer], state, call) if call.r > 0 else state
-            steps.append((copy, tokens_in, state.x.shape[1], state.records[done] if len(state.records) > done else None))
+            steps.append((copy, tokens_in, state.x.shape[1], added_record(state.records, done)))
     return Duplication(state.x, adapter.sources(state), summarize(steps))

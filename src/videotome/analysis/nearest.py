@@ -12,8 +12,7 @@ from pathlib import Path
 import torch
 
 from ..errors import VideotomeError
-from ..evaluation.datasets import class_names_from_id2label, load_samples
-from ..evaluation.harness import read_model_config
+from ..evaluation.harness import EvalConfig, read_samples
 from ..evaluation.logits import read_logits
 from ..evaluation.results import read_runs
 
@@ -45,8 +44,7 @@ def nearest_donor(results: str | Path, video_id: str) -> tuple[str, Path]:
     settings, root = run.settings, run.header.get("root")
     if root is None:
         raise VideotomeError(f"{results} does not name its videos' folder (written before videotome recorded it)")
-    id2label = read_model_config(Path(settings["model"])).get("id2label") or {}
-    samples = load_samples(settings["dataset"], settings["annotations"], root,
-                           class_names_from_id2label(id2label), settings.get("classes"))
-    paths = {sample.id: sample.path for sample in samples}
+    clips = EvalConfig(model=settings["model"], dataset=settings["dataset"], annotations=settings["annotations"],
+                       root=root, classes=settings.get("classes"))
+    paths = {sample.id: sample.path for sample in read_samples(clips, Path(settings["model"]))}
     return donor, paths[donor]

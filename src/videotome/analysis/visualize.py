@@ -128,9 +128,8 @@ def picture_settings(model: nn.Module, settings: MergeSettings) -> MergeSettings
     return replace(settings, r=operating_r(find_adapter(model).layout(model)))
 
 
-def check_settings(model: nn.Module, settings: MergeSettings) -> None:
-    """Refuse an r the model cannot take: more tokens than its first merging layer can remove."""
-    merged = videotome.patch(copy.deepcopy(model), settings)
+def check_settings(merged: nn.Module) -> None:
+    """Refuse an r a patched model cannot take: more tokens than its first merging layer can remove."""
     for step in videotome.plan(merged).steps():
         if step.requested_r:
             if step.requested_r > step.effective_r:
@@ -167,13 +166,13 @@ def traced(model: nn.Module, sources: Tensor) -> tuple[Tensor, Tensor]:
     return clip_view(model, sources, grid)
 
 
-def merges_after(model: nn.Module, pixels: Tensor, settings: MergeSettings, layer: int) -> tuple[Tensor, Tensor]:
-    """One clip's (1, tokens, input tokens) source map and grid after ``layer``: a copy patched with ``settings``'
-    per-layer r up to ``layer`` and none after it."""
-    check_layer(model, layer)
-    merged = videotome.patch(copy.deepcopy(model), settings)
-    r = list(videotome.plan(merged).r)
-    schedule = tuple(r[: layer + 1] + [0] * (len(r) - layer - 1))
+def merges_after(
+    merged: nn.Module, pixels: Tensor, settings: MergeSettings, r: tuple[int, ...], layer: int
+) -> tuple[Tensor, Tensor]:
+    """One clip's (1, tokens, input tokens) source map and grid after ``layer``: ``merged`` (a copy of the model)
+    patched with ``settings`` but their per-layer ``r`` (their plan's) up to ``layer`` and none after it."""
+    check_layer(merged, layer)
+    schedule = tuple(r[: layer + 1]) + (0,) * (len(r) - layer - 1)
     videotome.patch(merged, replace(settings, schedule=schedule), trace_source=True)
     forward(merged, pixels)
     return traced(merged, videotome.sources(merged))
@@ -234,7 +233,9 @@ def visualize(config: VisualizeConfig) -> dict[str, Any]:
     loaded = load_model(directory, torch.device("cpu"), config.frames, model_types=tuple(FAMILY_DEFAULTS))
     model = loaded.model
     settings = picture_settings(model, config.merge)
-    check_settings(model, settings)
+    merged = videotome.patch(copy.deepcopy(model), settings)  # one copy, patched again for each view
+    check_settings(merged)
+    r = videotome.plan(merged).r
     layers = config.layers or (len(find_adapter(model).layers(model)) - 1,)
     for layer in (*layers, *(() if config.duplicate_layer is None else (config.duplicate_layer,))):
         check_layer(model, layer)
@@ -245,14 +246,14 @@ def visualize(config: VisualizeConfig) -> dict[str, Any]:
     clips = [read_clip_input(loaded, path, config.start_time)
              for path in tqdm(paths, desc="decoding", unit="video", disable=not config.progress)]
     clip = clips[0]
-    per_step = 1 if frame_wise(model) else frames_per_step(model.config)
+    per_step = frames_per_step(model.config)
     if donor_path is not None:
         clip = spliced(clip, clips[1], config.splice_every or per_step)
     steps = [frame // per_step for frame in range(len(clip.frames))]
 
     rows, views = [], []
     for layer in layers:
-        sources, grid = merges_after(model, clip.pixels, settings, layer)
+        sources, grid = merges_after(merged, clip.pixels, settings, r, layer)
         views.append((sources, grid))
         rows.append(MergeRow(f"after layer {layer} (r={settings.r})", clip.frames, steps, owner_map(sources[0], grid)))
     duplication = None
@@ -263,9 +264,9 @@ def visualize(config: VisualizeConfig) -> dict[str, Any]:
         views.append((sources, grid))
         rows.append(MergeRow(f"layer {config.duplicate_layer} x {config.times}", clip.frames, steps,
                              owner_map(sources[0], grid)))
-    stats_model = videotome.patch(copy.deepcopy(model), settings, record_stats=True)
-    forward(stats_model, clip.pixels)
-    stats = videotome.layer_stats(stats_model)
+    videotome.patch(merged, settings, record_stats=True)
+    forward(merged, clip.pixels)
+    stats = videotome.layer_stats(merged)
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)

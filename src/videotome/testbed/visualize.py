@@ -13,6 +13,7 @@ import videotome
 
 from ..analysis.pictures import MergeRow, owner_map
 from ..analysis.pictures import plot_merges as draw_merges
+from ..analysis.visualize import frames_per_step
 from .models import CHECKPOINTS, frame_indices, load_checkpoint, select_frames
 from .settings import operating_point, patched_copy
 
@@ -20,8 +21,7 @@ from .settings import operating_point, patched_copy
 def frame_steps(model: torch.nn.Module, total: int) -> list[int | None]:
     """For each frame of a ``total``-frame clip, the time step of the model's token grid it feeds, or None when the
     model does not see it (TimeSformer sees 8 of 16); a tubelet of several frames feeds one step."""
-    tubelet = getattr(model.config, "tubelet_size", 1)
-    tubelet = int(tubelet[0] if isinstance(tubelet, (list, tuple)) else tubelet)
+    tubelet = frames_per_step(model.config)
     steps: list[int | None] = [None] * total
     for position, frame in enumerate(frame_indices(model, total)):
         if steps[frame] is None:
