@@ -7,8 +7,9 @@ depend on the weights, and nothing is downloaded); a local directory loads a rea
 from __future__ import annotations
 
 import argparse
+import copy
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from . import patch, plan
+from .patch import _patch_of
 from .loading import IMAGE_MODEL_TYPES, load_local_model
 from .measure import peak_memory_mb, resolve_device, seconds_in_region, time_interleaved
 from .merge import PROFILER_REGION
@@ -79,6 +81,18 @@ def bench_model(name_or_path: str) -> nn.Module:
     if not Path(name_or_path).is_dir():
         raise ValueError(f"--model {name_or_path!r} is neither a built-in name {BUILTIN_MODELS} nor a local directory")
     return load_local_model(name_or_path)
+
+
+def zero_cost_ideal(model: nn.Module, settings: MergeSettings) -> nn.Module:
+    """The zero-cost ideal of ``settings`` for benchmarks: a shallow copy of ``model`` (sharing its modules and
+    weights) patched with the same plan, whose token counts per layer are the merged model's, but whose removal is a
+    free slice keeping each sequence's (divided models: each frame's) first tokens, with no matching and no averaging
+    (:attr:`~videotome.plan.MergePlan.free_removal`). The merged model's time over this one's is how close merging
+    comes to the limit that its token counts allow."""
+    ideal = patch(copy.copy(model), settings)
+    record = _patch_of(ideal)
+    record.plan = replace(record.plan, free_removal=True)
+    return ideal
 
 
 def example_input(model: nn.Module, batch_size: int) -> tuple[torch.Tensor, int]:

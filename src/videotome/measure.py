@@ -52,6 +52,20 @@ def time_interleaved(
     desc: str | None = None,
 ) -> list[float]:
     """Median seconds per call of each function, measured round-robin after ``warmup`` rounds."""
+    rounds = time_rounds(calls, warmup=warmup, repeats=repeats, device=device, desc=desc)
+    return [statistics.median(record) for record in rounds]
+
+
+def time_rounds(
+    calls: Sequence[Callable[[], object]],
+    *,
+    warmup: int = 1,
+    repeats: int = 5,
+    device: torch.device | str = "cpu",
+    desc: str | None = None,
+) -> list[list[float]]:
+    """Seconds of every timed call of each function, round-robin after ``warmup`` rounds: ``repeats`` per function,
+    round i of every function measured back to back (so ratios taken round by round share the machine's load)."""
     times: list[list[float]] = [[] for _ in calls]
     rounds = tqdm(range(warmup + repeats), desc=desc, disable=desc is None, leave=False)
     for round_index in rounds:
@@ -62,7 +76,7 @@ def time_interleaved(
             synchronize(device)
             if round_index >= warmup:
                 record.append(time.perf_counter() - start)
-    return [statistics.median(record) for record in times]
+    return times
 
 
 def peak_memory_mb(call: Callable[[], object], device: torch.device | str = "cpu") -> float:

@@ -44,6 +44,7 @@ __all__ = [
     "merge_wavg",
     "pair_positions",
     "repeat",
+    "slice_first",
     "take",
 ]
 
@@ -241,6 +242,20 @@ def apply(reduction: Reduction, x: Tensor) -> Tensor:
     return _receive(_select_rows(x, rows.order, rows.length), rows.receiving, None, src)
 
 
+def _size_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The type sizes are kept in for features of ``dtype``: float32 for half types, else the features' own."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def slice_first(x: Tensor, size: Tensor | None, r: int) -> tuple[Tensor, Tensor]:
+    """The zero-cost ideal of a reduction, for benchmarks: the first N - r tokens of x (B, N, C) and their sizes
+    (B, N - r, 1), by a slice, with no matching and no averaging; the same token counts as removing r tokens."""
+    keep = x.shape[1] - r
+    if size is None:
+        size = torch.ones(x.shape[0], keep, 1, dtype=_size_dtype(x.dtype), device=x.device)
+    return x[:, :keep], size[:, :keep]
+
+
 def merge_wavg(reduction: Reduction, x: Tensor, size: Tensor | None) -> tuple[Tensor, Tensor]:
     """Size-weighted average merge of features x (B, N, C); returns the new x and sizes (B, N', 1).
 
@@ -251,7 +266,7 @@ def merge_wavg(reduction: Reduction, x: Tensor, size: Tensor | None) -> tuple[Te
     x = x.contiguous()
     batch, tokens, _ = x.shape
     r = reduction.r
-    work = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    work = _size_dtype(x.dtype)
     rows = _rows(reduction, tokens)
     if size is None:
         src_size = torch.ones(batch, r, 1, dtype=work, device=x.device)

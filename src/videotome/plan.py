@@ -207,7 +207,9 @@ class MergePlan:
     clamps it to what its current sequence allows, as :meth:`steps` reports. ``prop_attn`` is the settings' value
     with the family's default filled in. ``record_stats`` keeps per-layer statistics of each forward
     (:func:`videotome.layer_stats`); ``input_frames`` is then each input token's frame (-1 for a class token) for
-    joint space-time models, whose merges can join frames, and None for the others.
+    joint space-time models, whose merges can join frames, and None for the others. ``free_removal`` (benchmarks
+    only, not a user setting) removes the same number of tokens by a free slice instead of the strategy: the
+    zero-cost ideal that ``benchmarks/limit.py`` times the merged model against.
     """
 
     r: tuple[int, ...]
@@ -217,6 +219,7 @@ class MergePlan:
     trace_source: bool = False
     record_stats: bool = False
     input_frames: tuple[int, ...] | None = None
+    free_removal: bool = False
 
     def steps(self) -> list[LayerStep]:
         """Per layer: requested r, clamped r, and the whole sequence's length before and after."""

@@ -122,10 +122,15 @@ def identity_source(x: Tensor) -> Tensor:
 def reduce_tokens(state: TokenState, metric: Tensor, call: LayerCall, *, protect_first: bool) -> TokenState:
     """Match on ``metric`` (batch, tokens, C) and reduce a joint sequence's tokens, sizes and source map.
 
-    A sequence too short to lose a token (r clamped to 0) is left as it is, in its order.
+    A sequence too short to lose a token (r clamped to 0) is left as it is, in its order. A plan with
+    ``free_removal`` (the zero-cost ideal, benchmarks only) keeps the first tokens instead, by a slice.
     """
-    if merge.clamp_r(call.r, metric.shape[1], int(protect_first)) == 0:
+    r = merge.clamp_r(call.r, metric.shape[1], int(protect_first))
+    if r == 0:
         return state
+    if call.plan.free_removal:
+        x, size = merge.slice_first(state.x, state.size, r)
+        return state._replace(x=x, size=size)
     with torch.profiler.record_function(merge.PROFILER_REGION):
         reduction = prepare_reduction(metric, call, protect_first=protect_first)
         x, size = merge.merge_wavg(reduction, state.x, state.size)
@@ -177,9 +182,14 @@ def reduce_frames(
     own keys; ``aligned`` mode matches once per clip on the frame-averaged keys and applies the same merges to every
     frame. Sizes stay per frame, (batch * frames, count, 1); the source map stays in the model's order and goes
     through :func:`to_frames` and :func:`from_frames` as the features do, so it shows where each token's patches
-    really come from. Frames too short to lose a token (r clamped to 0) are left as they are.
+    really come from. Frames too short to lose a token (r clamped to 0) are left as they are; a plan with
+    ``free_removal`` keeps each frame's first tokens, by a slice.
     """
-    if merge.clamp_r(call.r, per_frame.shape[1]) > 0:
+    r = merge.clamp_r(call.r, per_frame.shape[1])
+    if r > 0 and call.plan.free_removal:
+        per_frame, size = merge.slice_first(per_frame, state.size, r)
+        state = state._replace(size=size)
+    elif r > 0:
         with torch.profiler.record_function(merge.PROFILER_REGION):
             shared = frames if call.plan.settings.divided == "aligned" else 1
             reduction = prepare_reduction(metric, call, protect_first=False, shared_groups=shared)
