@@ -1,13 +1,17 @@
 """The bench command on a tiny checkpoint saved by the test: its JSON line and its figures' consistency."""
 
+import copy
 import json
 
 import pytest
-from conftest import tiny_model
+import torch
+from conftest import tiny_input, tiny_model
 from transformers import Dinov2Config, Dinov2Model
 
 from videotome import patch
-from videotome.bench import BenchConfig, bench_model, example_input, run_bench
+from videotome.adapters import find_adapter
+from videotome.adapters.base import TokenState
+from videotome.bench import BenchConfig, bench_model, example_input, run_bench, zero_cost_ideal
 import videotome
 from videotome.cli import main
 from videotome.plan import MergeSettings
@@ -65,3 +69,33 @@ def test_bench_times_a_dinov2_directory_at_its_configured_image_size(tmp_path, o
     model = patch(bench_model(str(tmp_path)), 0.25)
     pixel_values, _ = example_input(model, 1)
     assert model(pixel_values=pixel_values).last_hidden_state.shape[1] == result.tokens_per_layer[-1]
+
+
+@pytest.mark.parametrize("family", ["videomae", "vivit"])
+def test_zero_cost_ideal_is_the_model_on_its_first_tokens(family):
+    """Joint models: the MLP acts token by token, so slicing before it (the ideal) equals slicing the model's own
+    block output; sizes stay 1, so proportional attention adds nothing. The original model stays unpatched."""
+    model, pixel_values = tiny_model(family), tiny_input(family)
+    ideal = zero_cost_ideal(model, MergeSettings(3))
+    assert not hasattr(model, "_videotome")
+    adapter = find_adapter(model)
+    with torch.no_grad():
+        x = adapter.embed(model, pixel_values)
+        for layer in adapter.layers(model):
+            x = adapter.run_original(layer, x)[:, : x.shape[1] - 3]
+        expected = adapter.finish(model, TokenState(x), None)
+        got = ideal(pixel_values=pixel_values)
+    name = "logits" if "logits" in got else "last_hidden_state"
+    torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-5)
+
+
+def test_zero_cost_ideal_has_the_merged_token_counts(family):
+    model, pixel_values = tiny_model(family), tiny_input(family)
+    settings = MergeSettings(2, schedule="decreasing")
+    merged = patch(copy.copy(model), settings)
+    ideal = zero_cost_ideal(model, settings)
+    with torch.no_grad():
+        counts = [[h.shape for h in m(pixel_values=pixel_values, output_hidden_states=True).hidden_states]
+                  for m in (merged, ideal)]
+    assert counts[0] == counts[1] and counts[0][-1] != counts[0][0]
+    assert videotome.plan(ideal).r == videotome.plan(merged).r and videotome.plan(ideal).free_removal

@@ -470,12 +470,28 @@ def test_classifier_loss_with_labels():
     assert isinstance(model(pixel_values=pixel_values, return_dict=False), tuple)
 
 
-def test_torch_compile_of_a_patched_model(family):
+def test_torch_compile_of_a_patched_model_is_one_graph(family):
+    """fullgraph=True fails on any graph break, so every block, merge steps included, is traced whole."""
     model, pixel_values = tiny_model(family), tiny_input(family)
     videotome.patch(model, 4)
     expected = _run(model, pixel_values)
-    compiled = torch.compile(model, backend="aot_eager")
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(_run(compiled, pixel_values), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["vivit", "motionformer"])
+def test_inductor_compiles_a_patched_model(family):
+    """The inductor backend (C++ kernels on the CPU) on a joint and a divided family: one graph, the same outputs
+    within float tolerance (inductor fuses and reorders the arithmetic)."""
+    model, pixel_values = tiny_model(family, layers=2), tiny_input(family)
+    videotome.patch(model, 4)
+    expected = _run(model, pixel_values)
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(model)(pixel_values=pixel_values)
+    assert (explanation.graph_count, explanation.graph_break_count) == (1, 0)
+    compiled = torch.compile(model, backend="inductor", fullgraph=True)
+    torch.testing.assert_close(_run(compiled, pixel_values), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_patching_twice_replaces_the_plan():

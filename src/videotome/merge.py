@@ -27,6 +27,7 @@ Everything works on a leading batch dimension, sample by sample, so a sample nev
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import NamedTuple
 
@@ -43,6 +44,7 @@ __all__ = [
     "merge_source",
     "merge_wavg",
     "pair_positions",
+    "profiled",
     "repeat",
     "slice_first",
     "take",
@@ -51,6 +53,14 @@ __all__ = [
 STRATEGIES = ("merge", "drop", "random_drop", "random_merge", "hybrid")
 #: the profiler region (``torch.profiler.record_function``) around every reduction step, for timing its share
 PROFILER_REGION = "videotome.merge"
+
+
+def profiled() -> contextlib.AbstractContextManager:
+    """The profiler region of a reduction step; nothing while ``torch.compile`` traces (it would only warn that it
+    ignores the region, and a compiled merge step is fused with its neighbours anyway)."""
+    if torch.compiler.is_compiling():
+        return contextlib.nullcontext()
+    return torch.profiler.record_function(PROFILER_REGION)
 
 
 class Reduction(NamedTuple):

@@ -131,7 +131,7 @@ def reduce_tokens(state: TokenState, metric: Tensor, call: LayerCall, *, protect
     if call.plan.free_removal:
         x, size = merge.slice_first(state.x, state.size, r)
         return state._replace(x=x, size=size)
-    with torch.profiler.record_function(merge.PROFILER_REGION):
+    with merge.profiled():
         reduction = prepare_reduction(metric, call, protect_first=protect_first)
         x, size = merge.merge_wavg(reduction, state.x, state.size)
         source = state.source
@@ -190,7 +190,7 @@ def reduce_frames(
         per_frame, size = merge.slice_first(per_frame, state.size, r)
         state = state._replace(size=size)
     elif r > 0:
-        with torch.profiler.record_function(merge.PROFILER_REGION):
+        with merge.profiled():
             shared = frames if call.plan.settings.divided == "aligned" else 1
             reduction = prepare_reduction(metric, call, protect_first=False, shared_groups=shared)
             per_frame, size = merge.merge_wavg(reduction, per_frame, state.size)
