@@ -296,3 +296,38 @@ def test_bench_text_gives_the_memory_change_with_its_sign(capsys) -> None:
     assert change and "--" not in line, line
     baseline, vtm = (int(value) for value in re.findall(r"(\d+) MiB", line))
     assert abs(vtm - baseline) < 2 or (int(change.group(1)) < 0) == (vtm < baseline), line  # "-" is less memory
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "math"])
+def test_bench_train_times_a_training_step_of_both_paths(capsys, monkeypatch, attention: str) -> None:
+    """``--train``: every timed call of the learnable VTM computes the main and the auxiliary loss and their
+    gradients; the baseline has no auxiliary path."""
+    import videotome.vtm.bench as bench
+
+    seen, backward = [], []
+
+    def recording_loss(output, target, regression, aux_weight=1.0):
+        seen.append(output.aux_logits is not None)
+        loss = real_loss(output, target, regression, aux_weight)
+        loss.register_hook(lambda grad: backward.append(True))
+        return loss
+
+    real_loss = bench.vtm_loss
+    monkeypatch.setattr(bench, "vtm_loss", recording_loss)
+    assert main(["vtm", "bench", "--shape", "12", "16", "64", "--windows", "2", "6", "12", "--repeats", "2",
+                 "--warmup", "0", "--device", "cpu", "--gamma", "2", "--train", "--attention", attention,
+                 "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["mode"] == "train" and row["attention"] == attention
+    assert row["baseline_samples_per_s"] > 0 and row["vtm_samples_per_s"] > 0 and row["vtm_peak_mb"] > 0
+    # two timed rounds and one memory run of the baseline (no auxiliary path) and of VTM (with it)
+    assert sorted(seen) == [False] * 3 + [True] * 3 and len(backward) == 6
+
+
+def test_bench_inference_computes_no_loss(capsys, monkeypatch) -> None:
+    import videotome.vtm.bench as bench
+
+    monkeypatch.setattr(bench, "vtm_loss", None)  # inference never reaches the loss
+    assert main(["vtm", "bench", "--shape", "12", "16", "64", "--windows", "2", "6", "12", "--repeats", "1",
+                 "--warmup", "0", "--device", "cpu", "--gamma", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["mode"] == "inference"

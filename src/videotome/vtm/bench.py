@@ -1,8 +1,9 @@
 """Throughput and peak memory of the VTM network against its unmerged baseline, measured in one process.
 
-Both run inference (evaluation mode: no auxiliary path, learnable targets by top-k) on random tokens of the
-given shape, interleaved round-robin so that load on a shared machine affects them alike (see
-:mod:`videotome.measure`).
+Both run on random tokens of the given shape, interleaved round-robin so that load on a shared machine affects them
+alike (see :mod:`videotome.measure`): inference (evaluation mode: no auxiliary path, learnable targets by top-k), or
+with ``train`` a training step (training mode: the loss of the main and, for the learnable partition, the auxiliary
+path, and its backward pass), as the paper's Table 9 compares training and inference.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from videotome.measure import peak_memory_mb, resolve_device, time_interleaved
-from videotome.vtm.model import ATTENTION_KERNELS, VideoTokenMerger, VTMConfig
+from videotome.vtm.model import ATTENTION_KERNELS, VideoTokenMerger, VTMConfig, vtm_loss
 from videotome.vtm.partition import PARTITIONS
 
 LVU_SHAPE = (60, 197, 1024)
@@ -52,6 +53,11 @@ class VTMBenchConfig:
     )
     device: str | None = field(default=None, metadata={"help": "cpu, cuda or cuda:N (default: cuda when available)"})
     seed: int = field(default=0, metadata={"help": "seed of the weights and tokens"})
+    train: bool = field(
+        default=False,
+        metadata={"help": "time a training step (forward of the main and auxiliary paths, loss, backward) "
+                          "instead of inference"},
+    )
 
     def __post_init__(self) -> None:
         self.gamma, self.shape, self.windows = tuple(self.gamma), tuple(self.shape), tuple(self.windows)
@@ -60,26 +66,32 @@ class VTMBenchConfig:
 
 
 def benchmark(config: VTMBenchConfig) -> list[dict[str, float]]:
-    """One result per gamma: samples/s and peak MiB of the baseline and of VTM, their ratio and saving.
+    """One result per gamma: samples/s and peak MiB of the baseline and of VTM, their ratio and saving, for
+    inference or (``config.train``) a training step.
 
     The settings are checked (windows that nest and divide the frames, a token grid) before anything is built.
     """
     partition, gammas, shape, windows, attention = (
         config.partition, config.gamma, config.shape, config.windows, config.attention
     )
-    batch_size, seed = config.batch_size, config.seed
+    batch_size, seed, train = config.batch_size, config.seed, config.train
     configs = [bench_config(None, 1.0, shape, windows, attention)]
     configs += [bench_config(partition, gamma, shape, windows, attention) for gamma in gammas]
     torch.manual_seed(seed)
     device = resolve_device(config.device)
     tokens = torch.randn(batch_size, *shape, device=device)
     motion = torch.rand(batch_size, *shape[:2], device=device)
-    models = [VideoTokenMerger(config).to(device).eval() for config in configs]
+    models = [VideoTokenMerger(config).to(device).train(train) for config in configs]
+    labels = torch.randint(configs[0].num_outputs, (batch_size,), device=device)
 
     def runner(model: VideoTokenMerger):
         def run() -> None:
-            with torch.no_grad():
-                model(tokens, motion)
+            if not train:
+                with torch.no_grad():
+                    model(tokens, motion)
+                return
+            model.zero_grad(set_to_none=True)
+            vtm_loss(model(tokens, motion), labels, regression=False).backward()
         return run
 
     calls = [runner(model) for model in models]
@@ -91,6 +103,7 @@ def benchmark(config: VTMBenchConfig) -> list[dict[str, float]]:
             "partition": partition,
             "gamma": gamma,
             "attention": attention,
+            "mode": "train" if train else "inference",
             "batch_size": batch_size,
             "baseline_samples_per_s": batch_size / seconds[0],
             "vtm_samples_per_s": batch_size / vtm_seconds,

@@ -103,7 +103,7 @@ def cmd_vtm_bench(args: argparse.Namespace) -> int:
         return 0
     for row in results:
         print(
-            f"{row['partition']} gamma={row['gamma']:g} batch={row['batch_size']} {row['attention']}: "
+            f"{row['partition']} gamma={row['gamma']:g} batch={row['batch_size']} {row['attention']} {row['mode']}: "
             f"baseline {row['baseline_samples_per_s']:.3f} samples/s, {row['baseline_peak_mb']:.0f} MiB; "
             f"VTM {row['vtm_samples_per_s']:.3f} samples/s, {row['vtm_peak_mb']:.0f} MiB; "
             f"speedup {row['speedup']:.2f}x, peak memory {-100 * row['memory_reduction']:+.0f}%"
