@@ -480,6 +480,17 @@ def test_torch_compile_of_a_patched_model_is_one_graph(family):
     torch.testing.assert_close(_run(compiled, pixel_values), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_a_compiled_model_follows_a_new_plan():
+    model, pixel_values = tiny_model("vivit"), tiny_input("vivit")
+    videotome.patch(model, 4)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager")
+    first = _run(compiled, pixel_values)
+    videotome.patch(model, 2)
+    torch.testing.assert_close(_run(compiled, pixel_values), _run(model, pixel_values), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(first, _run(model, pixel_values))
+
+
 @pytest.mark.parametrize("family", ["vivit", "motionformer"])
 def test_inductor_compiles_a_patched_model(family):
     """The inductor backend (C++ kernels on the CPU) on a joint and a divided family: one graph, the same outputs
