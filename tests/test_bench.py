@@ -99,3 +99,28 @@ def test_zero_cost_ideal_has_the_merged_token_counts(family):
                   for m in (merged, ideal)]
     assert counts[0] == counts[1] and counts[0][-1] != counts[0][0]
     assert videotome.plan(ideal).r == videotome.plan(merged).r and videotome.plan(ideal).free_removal
+
+
+def test_limit_benchmark_writes_each_result_as_measured(tmp_path, monkeypatch):
+    """benchmarks/limit.py on one testbed model at batch 1: its JSONL line and the figures' consistency."""
+    import statistics
+    import sys
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    monkeypatch.delitem(sys.modules, "limit", raising=False)
+    import limit
+
+    out = tmp_path / "limit.jsonl"
+    limit.main(["--models", "videomae", "--batches", "1", "--repeats", "3", "--warmup", "0", "--jsonl", str(out)])
+    (line,) = [json.loads(text) for text in out.read_text().splitlines()]
+    assert (line["model"], line["batch_size"], line["mode"], line["threads"]) == ("videomae", 1, "eager",
+                                                                                  torch.get_num_threads())
+    rounds, seconds = line["rounds"], line["seconds"]
+    assert all(len(rounds[name]) == 3 and seconds[name] == statistics.median(rounds[name]) for name in rounds)
+    assert line["speedup"] == pytest.approx(seconds["unmerged"] / seconds["merged"])
+    assert line["ideal_speedup"] == pytest.approx(seconds["unmerged"] / seconds["ideal"])
+    per_round = sorted(i / m for i, m in zip(rounds["ideal"], rounds["merged"]))
+    assert line["merged_over_ideal"] == pytest.approx(per_round[1])
+    assert line["merged_over_ideal_iqr"][0] <= per_round[1] <= line["merged_over_ideal_iqr"][1]
+    assert 0 < line["merge_share"] < 1 and line["compile_s"] is None
