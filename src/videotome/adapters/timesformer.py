@@ -46,6 +46,7 @@ class TimesformerAdapter(Adapter):
     #: the token order: patch-major (token 1 + p * frames + t)
     frame_major = False
     classes = (TimesformerModel, TimesformerForVideoClassification)
+    attention_kind = "divided"
 
     def base(self, model: nn.Module) -> TimesformerModel:
         return model.timesformer if isinstance(model, TimesformerForVideoClassification) else model
@@ -73,6 +74,15 @@ class TimesformerAdapter(Adapter):
 
     def run_original(self, layer: nn.Module, x: Tensor) -> Tensor:
         return layer(x)[0]
+
+    def patch_projection(self, model: nn.Module) -> nn.Module:
+        return self.base(model).embeddings.patch_embeddings.projection
+
+    def head_modules(self, model: nn.Module) -> tuple[nn.Module, ...]:
+        return () if model is self.base(model) else (model.classifier,)
+
+    def mlp_modules(self, layer: nn.Module) -> tuple[nn.Module, ...]:
+        return layer.intermediate, layer.output
 
     def _attention(
         self, module: nn.Module, h: Tensor, bias: Tensor | None, *, merged_keys: bool
