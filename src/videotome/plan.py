@@ -382,9 +382,9 @@ PLAN_KEYS = ("layers", "layout", "settings", "tuned")
 PlanSource = MergePlan | Mapping[str, object] | str | os.PathLike
 
 
-def plan_settings(source: PlanSource, num_layers: int, layout: TokenLayout) -> MergeSettings:
-    """The settings of a plan (a :class:`MergePlan`, a plan file's dict, or the path of its JSON) for a model of
-    ``num_layers`` layers whose tokens divide as ``layout``; a plan made for another model shape is refused."""
+def read_plan(source: PlanSource) -> tuple[MergeSettings, int, TokenLayout]:
+    """The settings of a plan (a :class:`MergePlan`, a plan file's dict, or the path of its JSON), and the layers
+    and token layout of the model it was made for."""
     if isinstance(source, MergePlan):
         source = source.to_dict()
     elif not isinstance(source, Mapping):
@@ -397,10 +397,16 @@ def plan_settings(source: PlanSource, num_layers: int, layout: TokenLayout) -> M
     unknown = sorted(set(source) - set(PLAN_KEYS))
     if unknown:
         raise ValueError(f"unknown plan keys {unknown}; expected {list(PLAN_KEYS)}")
-    made_for = (source["layers"], TokenLayout(**source["layout"]))
-    if made_for != (num_layers, layout):
+    return MergeSettings.from_dict(source["settings"]), source["layers"], TokenLayout(**source["layout"])
+
+
+def plan_settings(source: PlanSource, num_layers: int, layout: TokenLayout) -> MergeSettings:
+    """The settings of a plan (:func:`read_plan`) for a model of ``num_layers`` layers whose tokens divide as
+    ``layout``; a plan made for another model shape is refused."""
+    settings, *made_for = read_plan(source)
+    if tuple(made_for) != (num_layers, layout):
         raise ValueError(
             f"the plan was made for {made_for[0]} layers of tokens {made_for[1]}, not this model's {num_layers} "
             f"layers of {layout}"
         )
-    return MergeSettings.from_dict(source["settings"])
+    return settings
