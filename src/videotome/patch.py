@@ -90,7 +90,7 @@ def patch(
     if flops is not None:
         if settings.r != 0:
             raise ValueError(f"flops={flops} and r={settings.r} together: give one (flops= chooses r)")
-        settings = replace(settings, r=r_for_flops(flops, settings, num_layers, layout, cost))
+        settings = replace(settings, r=r_for_flops(flops, build_plan(settings, num_layers, layout, cost=cost)))
     merge_plan = build_plan(
         settings,
         num_layers,

@@ -352,27 +352,39 @@ def build_plan(
     )
 
 
-def r_for_flops(target: float, settings: MergeSettings, num_layers: int, layout: TokenLayout, cost: ModelCost) -> int:
-    """The smallest r (the scale of a named schedule) whose plan's predicted FLOPs are at most ``target`` of the
-    unmerged model's: the least merging that meets the budget. A target in (0, 1] the model cannot reach is
-    refused, naming the smallest reachable ratio."""
+def with_r(plan: MergePlan, r: int) -> MergePlan:
+    """The same plan with another r (the scale of its named schedule)."""
+    return replace(plan, r=schedule_r(r, len(plan.r), plan.settings.schedule), settings=replace(plan.settings, r=r))
+
+
+def _largest_r(plan: MergePlan) -> int:
+    """An r beyond which every layer of every named schedule clamps alike (nothing more to remove)."""
+    return plan.layout.tokens_per_group * max(1, len(plan.r) - 1)
+
+
+def smallest_flop_ratio(plan: MergePlan) -> float:
+    """The smallest predicted FLOP ratio any r reaches with the plan's model and schedule (every layer clamped)."""
+    return with_r(plan, _largest_r(plan)).flop_ratio
+
+
+def r_for_flops(target: float, plan: MergePlan) -> int:
+    """The smallest r (the scale of a named schedule) whose predicted FLOPs are at most ``target`` of the unmerged
+    model's, with the plan's model and other settings: the least merging that meets the budget. A target in
+    (0, 1] the model cannot reach is refused, naming the smallest reachable ratio."""
     if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
         raise ValueError(f"flops={target!r} must be a FLOP ratio in (0, 1] (0.4: at most 40% of the unmerged model)")
-    if not isinstance(settings.schedule, str):
+    if not isinstance(plan.settings.schedule, str):
         raise ValueError("flops= chooses r for a named schedule; a schedule list already fixes every layer's r")
-
-    def ratio(r: int) -> float:
-        return build_plan(replace(settings, r=r), num_layers, layout, cost=cost).flop_ratio
-
-    low, high = 0, layout.tokens_per_group * max(1, num_layers - 1)  # beyond high every layer clamps alike
-    if ratio(high) > target:
+    smallest = smallest_flop_ratio(plan)
+    if smallest > target:
         raise ValueError(
-            f"flops={target} is out of reach with schedule={settings.schedule!r}: the smallest FLOP ratio this "
-            f"model reaches is {ratio(high):.4f}"
+            f"flops={target} is out of reach with schedule={plan.settings.schedule!r}: the smallest FLOP ratio this "
+            f"model reaches is {smallest:.4f}"
         )
+    low, high = 0, _largest_r(plan)
     while low < high:  # the ratio falls as r grows
         middle = (low + high) // 2
-        low, high = (low, middle) if ratio(middle) <= target else (middle + 1, high)
+        low, high = (low, middle) if with_r(plan, middle).flop_ratio <= target else (middle + 1, high)
     return low
 
 
