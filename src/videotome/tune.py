@@ -1,8 +1,9 @@
 """``videotome tune``: the smallest r that reaches a speedup on this hardware, measured, and its plan file.
 
 The candidates are r values spread evenly over the predicted FLOP ratios the model can reach (:mod:`videotome.flops`);
-the unmerged model and every candidate are timed interleaved in one process (as ``videotome bench`` times them), then
-a second round times the r values between the last candidate short of the target and the first that reaches it.
+the unmerged model and every candidate are timed interleaved in one process (as ``videotome bench`` times them), and
+further rounds time r values between the last r short of the target and the first that reaches it, until no r lies
+between them.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class TuneConfig:
         default_factory=MergeSettings, metadata={"help": "merge settings besides r (videotome.patch)"}
     )
     batch_size: int = field(default=1, metadata={"help": "clips per forward pass"})
-    points: int = field(default=6, metadata={"help": "r values timed in each of the two rounds"})
+    points: int = field(default=6, metadata={"help": "r values timed in each round"})
     repeats: int = field(default=3, metadata={"help": "timed rounds (median)"})
     warmup: int = field(default=1, metadata={"help": "untimed rounds first"})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda or cuda:N (default: cuda when available)"})
@@ -51,6 +52,8 @@ class TuneConfig:
             raise ValueError(f"warmup={self.warmup} must be at least 0")
         if self.merge.r != 0:
             raise ValueError("tune chooses r; give the other merge settings only")
+        if not isinstance(self.merge.schedule, str):
+            raise ValueError("tune scales a named schedule; a schedule list already fixes every layer's r")
 
 
 @dataclass
@@ -112,16 +115,18 @@ def run_tune(config: TuneConfig, *, progress: bool = True) -> TuneResult:
     smallest = smallest_flop_ratio(template)
     targets = [1 - (1 - smallest) * (i + 1) / config.points for i in range(config.points)]
     rs = sorted({r_for_flops(target, template) for target in targets})
-    points = _measure(model, template, rs, config, pixel_values, device, "tune: round 1" if progress else None)
-    reached = [point for point in points if point.speedup >= config.speedup]
-    if reached and config.points > 1:
-        first = reached[0].r
-        below = max([0] + [point.r for point in points if point.r < first])
-        between = _between(below, first, config.points)
-        if between:
-            points += _measure(model, template, between, config, pixel_values, device,
-                               "tune: round 2" if progress else None)
-    points.sort(key=lambda point: point.r)
+    points: list[TunePoint] = []
+    rounds = 0
+    while rs:  # each round narrows the gap between the last r short of the target and the first that reaches it
+        rounds += 1
+        desc = f"tune: round {rounds}" if progress else None
+        points = sorted(points + _measure(model, template, rs, config, pixel_values, device, desc),
+                        key=lambda point: point.r)
+        reached = [point for point in points if point.speedup >= config.speedup]
+        if not reached:
+            break
+        below = max([0] + [point.r for point in points if point.r < reached[0].r])
+        rs = _between(below, reached[0].r, config.points)
     reached = [point for point in points if point.speedup >= config.speedup]
     chosen = None if not reached else plan(_view(model, replace(config.merge, r=reached[0].r)))
     return TuneResult(chosen, points, str(device))
