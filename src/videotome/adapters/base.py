@@ -280,17 +280,22 @@ class Adapter:
         """The (batch, final tokens, input tokens) map, in the model's own token order."""
         return identity_source(state.x) if state.source is None else state.source
 
+    def base(self, model: nn.Module) -> nn.Module:
+        """The backbone: the model itself, unless a classifier wraps it."""
+        return model
+
     def patch_projection(self, model: nn.Module) -> nn.Module:
-        """The patch embedding's convolution."""
-        raise NotImplementedError
+        """The patch embedding's convolution (by default where Hugging Face's vision models keep it)."""
+        return self.base(model).embeddings.patch_embeddings.projection
 
     def head_modules(self, model: nn.Module) -> tuple[nn.Module, ...]:
-        """What runs on one token per sample after the blocks (pooler, classifier); () for a bare backbone."""
-        raise NotImplementedError
+        """What runs on one token per sample after the blocks (pooler, classifier); () for a bare backbone. By
+        default a Hugging Face classifier's ``classifier``."""
+        return () if model is self.base(model) else (model.classifier,)
 
     def mlp_modules(self, layer: nn.Module) -> tuple[nn.Module, ...]:
-        """The modules of a block's MLP."""
-        raise NotImplementedError
+        """The modules of a block's MLP (by default Hugging Face's ``intermediate`` and ``output``)."""
+        return layer.intermediate, layer.output
 
     def cost(self, model: nn.Module) -> ModelCost:
         """The model's analytic FLOPs per input sample at its configured input size (:mod:`videotome.flops`)."""

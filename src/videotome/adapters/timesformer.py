@@ -75,15 +75,6 @@ class TimesformerAdapter(Adapter):
     def run_original(self, layer: nn.Module, x: Tensor) -> Tensor:
         return layer(x)[0]
 
-    def patch_projection(self, model: nn.Module) -> nn.Module:
-        return self.base(model).embeddings.patch_embeddings.projection
-
-    def head_modules(self, model: nn.Module) -> tuple[nn.Module, ...]:
-        return () if model is self.base(model) else (model.classifier,)
-
-    def mlp_modules(self, layer: nn.Module) -> tuple[nn.Module, ...]:
-        return layer.intermediate, layer.output
-
     def _attention(
         self, module: nn.Module, h: Tensor, bias: Tensor | None, *, merged_keys: bool
     ) -> tuple[Tensor, Tensor]:

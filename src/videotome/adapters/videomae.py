@@ -58,15 +58,6 @@ class VideoMAEAdapter(PreNormBlockAdapter):
     def config_of(self, layer: nn.Module):
         return layer.attention.attention.config
 
-    def patch_projection(self, model: nn.Module) -> nn.Module:
-        return self.base(model).embeddings.patch_embeddings.projection
-
-    def head_modules(self, model: nn.Module) -> tuple[nn.Module, ...]:
-        return () if model is self.base(model) else (model.classifier,)
-
-    def mlp_modules(self, layer: nn.Module) -> tuple[nn.Module, ...]:
-        return layer.intermediate, layer.output
-
     def finish(self, model: nn.Module, state: TokenState, labels: Tensor | None) -> ModelOutput:
         base = self.base(model)
         x = state.x if base.layernorm is None else base.layernorm(state.x)

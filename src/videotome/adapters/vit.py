@@ -40,13 +40,6 @@ class ViTBlockAdapter(PreNormBlockAdapter):
     def mlp_modules(self, layer: nn.Module) -> tuple[nn.Module, ...]:
         return (layer.mlp,)
 
-    def patch_projection(self, model: nn.Module) -> nn.Module:
-        return self.base(model).embeddings.patch_embeddings.projection
-
-    def base(self, model: nn.Module) -> nn.Module:
-        """The backbone (the model itself, unless a classifier wraps it)."""
-        return model
-
     def head_modules(self, model: nn.Module) -> tuple[nn.Module, ...]:
         pooler = getattr(self.base(model), "pooler", None)
         return tuple(module for module in (pooler, getattr(model, "classifier", None)) if module is not None)
