@@ -48,6 +48,7 @@ SMALL: dict[str, dict[str, str | None]] = {
     "report": {},
     "confusion": {},
     "bench": {"--repeats": "1", "--warmup": "0", "--device": "cpu"},
+    "tune": {"--repeats": "1", "--warmup": "0", "--points": "2", "--device": "cpu"},
     "vtm train": {
         "--epochs": "1", "--warmup-epochs": "0", "--max-steps-per-epoch": "2", "--batch-size": "8",
         "--synthetic-videos": "32", "--synthetic-eval-videos": "16",
@@ -228,7 +229,7 @@ def decide(command: Command, parser: argparse.ArgumentParser, workdir: Path) -> 
         models = option(tokens, "--model" if words == "eval" else "--models")
         if not models or not all(model.startswith(TESTBED_CHECKPOINTS) for model in models):
             return "skip", "needs downloaded checkpoints and datasets (only the packaged testbed checkpoints run)"
-    if words == "bench":
+    if words in ("bench", "tune"):
         model = (option(tokens, "--model") or [""])[0]
         if model in BUILTIN_BENCH_MODELS:
             return "skip", "a built-in base-size model at 224 pixels: over a minute on 2 CPU cores (tests/test_bench.py)"

@@ -33,6 +33,7 @@ from videotome.evaluation.harness import EvalConfig, EvaluationError, evaluate
 from videotome.evaluation.logits import logits_path, read_logits
 from videotome.evaluation.results import ResultsError, read_runs
 from videotome.evaluation.video import SamplingConfig, load_preprocessing, preprocess, read_clip
+from videotome.plan import MergeSettings
 
 
 SIZE = (96, 54)
@@ -496,11 +497,22 @@ def test_torchrun_two_processes_match_one(model_dir: Path, data: Path, tmp_path:
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone"]
 
 
+def _plan_file(model_dir: Path, path: Path, **settings: object) -> Path:
+    """The plan file (``videotome tune --json``'s) of ``settings`` for the model in ``model_dir``."""
+    import videotome
+
+    model = transformers.VideoMAEForVideoClassification.from_pretrained(model_dir)
+    path.write_text(json.dumps(videotome.plan(videotome.patch(model, **settings)).to_dict()))
+    return path
+
+
 def _every_eval_flag(model_dir: Path, data: Path, out: Path) -> list[str]:
-    """``videotome eval`` with every one of its flags (a test below checks that none is left out)."""
+    """``videotome eval`` with every one of its flags (a test below checks that none is left out); the plan file
+    holds the settings the reduction flags repeat."""
     (data / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    plan = _plan_file(model_dir, out.with_suffix(".plan.json"), r=1, strategy="hybrid", threshold=0.5, prop_attn=True)
     return ["eval", "--model", str(model_dir), "--dataset", "k400", "--annotations", str(data / "k400.csv"),
-            "--root", str(data / "k400"), "--reduce", "1", "--schedule", "constant", "--strategy", "hybrid",
+            "--root", str(data / "k400"), "--plan", str(plan), "--reduce", "1", "--schedule", "constant", "--strategy", "hybrid",
             "--threshold", "0.5", "--prop-attn", "on", "--divided", "per_frame", "--seed", "0", "--frames", "4",
             "--sampling", "dense", "--stride", "4", "--heads", "class:5", "--classes", str(data / "classes.txt"),
             "--limit", "6", "--decoder", "pyav", "--batch-size", "2", "--workers", "1", "--device", "cpu",
@@ -519,6 +531,27 @@ def test_eval_under_torchrun_with_every_flag(model_dir: Path, data: Path, tmp_pa
     assert summary["throughput"]["world_size"] == 2
     header = json.loads(double.read_text().splitlines()[0])["settings"]
     assert header["merge"]["strategy"] == "hybrid" and header["merge"]["threshold"] == 0.5
+
+
+def test_eval_runs_a_plan_file_as_its_flags(model_dir: Path, data: Path, tmp_path: Path) -> None:
+    plan = _plan_file(model_dir, tmp_path / "plan.json", r=3, schedule="decreasing", strategy="drop")
+    by_flags, by_plan = tmp_path / "flags.jsonl", tmp_path / "plan.jsonl"
+    evaluate(_config(model_dir, data, merge=MergeSettings(3, schedule="decreasing", strategy="drop")), out=by_flags)
+    result = _cli(tmp_path, *_eval_args(model_dir, data, by_plan, "--plan", str(plan)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _predictions(by_plan) == _predictions(by_flags)
+    assert read_runs(by_plan)[0].settings == read_runs(by_flags)[0].settings
+    result = _cli(tmp_path, *_eval_args(model_dir, data, tmp_path / "refused.jsonl", "--plan", str(plan),
+                                        "--reduce", "5"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"videotome eval: error: --plan {plan} sets r=3; a flag says 5"
+
+
+def test_eval_refuses_a_plan_for_another_model_shape(motionformer_dir: Path, model_dir: Path, data: Path,
+                                                     tmp_path: Path) -> None:
+    plan = _plan_file(model_dir, tmp_path / "plan.json", r=2)
+    with pytest.raises(ValueError, match="the plan was made for .* layers of tokens"):
+        evaluate(_config(motionformer_dir, data, plan=str(plan)), out=tmp_path / "run.jsonl")
 
 
 def _every_sweep_flag(model_dir: Path, data: Path, tmp_path: Path, out: Path) -> list[str]:

@@ -18,6 +18,7 @@ from .options import add_threads_option, apply_threads
 
 COMMAND_MODULES = (
     "videotome.bench",
+    "videotome.tune",
     "videotome.evaluation.commands",
     "videotome.vtm.commands",
     "videotome.testbed.commands",

@@ -12,7 +12,7 @@ maps passed from block to block as values, never stored on modules.
 from __future__ import annotations
 
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from torch import Tensor, nn
@@ -21,7 +21,7 @@ from transformers.modeling_outputs import ModelOutput
 from .adapters import ADAPTERS, find_adapter
 from .adapters.base import Adapter, LayerCall, TokenState
 from .dependencies import check_transformers
-from .plan import MergePlan, MergeSettings, build_plan, merge_settings
+from .plan import MergePlan, MergeSettings, PlanSource, build_plan, merge_settings, plan_settings, r_for_flops
 from .stats import added_record, summarize
 
 _ATTRIBUTE = "_videotome"
@@ -45,6 +45,8 @@ def patch(
     *,
     trace_source: bool = False,
     record_stats: bool = False,
+    flops: float | None = None,
+    plan: PlanSource | None = None,
     **options: object,
 ) -> nn.Module:
     """Make ``model`` reduce tokens in every layer; returns the same model, patched in place.
@@ -67,25 +69,39 @@ def patch(
     ``record_stats`` keeps per-layer statistics of each forward (tokens, merges and drops, the chosen pairs' key
     cosines, the share of temporal merges); read them with :func:`layer_stats`. It traces sources too. Neither
     costs anything when off.
+    ``flops`` (a ratio in (0, 1]) chooses r instead: the smallest r (the scale of a named schedule) whose predicted
+    FLOPs are at most that share of the unmerged model's (:mod:`videotome.flops`); a target the model cannot reach
+    is refused, naming the smallest reachable ratio. ``plan`` takes every setting from a plan (a :class:`MergePlan`,
+    the dict of ``videotome tune --json``, or the path of its JSON file) made for a model of this shape.
     Patching an already patched model replaces its plan. A transformers version outside the tested range is
     refused here, since the adapters rely on its model classes' internals.
     """
     check_transformers()
-    settings = merge_settings(settings, **options)
     adapter = find_adapter(model)
     if adapter is None:
         supported = ", ".join(cls.__name__ for a in ADAPTERS for cls in a.classes)
         raise TypeError(f"{type(model).__name__} is not supported by videotome.patch; supported classes: {supported}")
-    plan = build_plan(
+    num_layers, layout, cost = len(adapter.layers(model)), adapter.layout(model), adapter.cost(model)
+    if plan is not None:
+        if settings is not None or options or flops is not None:
+            raise ValueError("plan= holds every merge setting; give it alone, without settings, r or flops")
+        settings = plan_settings(plan, num_layers, layout)
+    settings = merge_settings(settings, **options)
+    if flops is not None:
+        if settings.r != 0:
+            raise ValueError(f"flops={flops} and r={settings.r} together: give one (flops= chooses r)")
+        settings = replace(settings, r=r_for_flops(flops, build_plan(settings, num_layers, layout, cost=cost)))
+    merge_plan = build_plan(
         settings,
-        len(adapter.layers(model)),
-        adapter.layout(model),
+        num_layers,
+        layout,
         prop_attn_default=adapter.prop_attn_default,
         trace_source=trace_source or record_stats,
         record_stats=record_stats,
         input_frames=adapter.joint_frames(model) if record_stats else None,
+        cost=cost,
     )
-    setattr(model, _ATTRIBUTE, Patch(adapter, plan))
+    setattr(model, _ATTRIBUTE, Patch(adapter, merge_plan))
     model.forward = types.MethodType(merged_forward, model)
     return model
 

@@ -8,9 +8,12 @@ it, so a patched model is safe under ``torch.compile``, ``torch.inference_mode``
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 
+from .flops import ModelCost
 from .merge import STRATEGIES, clamp_r
 
 SCHEDULES = ("constant", "increasing", "decreasing")
@@ -38,13 +41,15 @@ class TokenLayout:
 
 @dataclass(frozen=True)
 class LayerStep:
-    """One layer's line of the plan, for the model's configured input size."""
+    """One layer's line of the plan, for the model's configured input size; ``flops`` is the block's predicted FLOPs
+    over the unmerged block's (None when the plan has no :class:`~videotome.flops.ModelCost`)."""
 
     layer: int
     requested_r: int
     effective_r: int
     tokens_in: int
     tokens_out: int
+    flops: float | None = None
 
 
 def check_r(value: int | float) -> int | float:
@@ -209,7 +214,8 @@ class MergePlan:
     (:func:`videotome.layer_stats`); ``input_frames`` is then each input token's frame (-1 for a class token) for
     joint space-time models, whose merges can join frames, and None for the others. ``free_removal`` (benchmarks
     only, not a user setting) removes the same number of tokens by a free slice instead of the strategy: the
-    zero-cost ideal that ``benchmarks/limit.py`` times the merged model against.
+    zero-cost ideal that ``benchmarks/limit.py`` times the merged model against. ``cost`` is the model's analytic
+    FLOP count (:mod:`videotome.flops`), from which the plan predicts its FLOPs; None predicts nothing.
     """
 
     r: tuple[int, ...]
@@ -220,38 +226,70 @@ class MergePlan:
     record_stats: bool = False
     input_frames: tuple[int, ...] | None = None
     free_removal: bool = False
+    cost: ModelCost | None = None
+
+    def _layers(self) -> list[tuple[int, int, int, int, int]]:
+        """Per layer: requested r, clamped r, tokens per group before and after, and FLOPs (0 without a cost)."""
+        layers = []
+        per_group = self.layout.tokens_per_group
+        random = self.settings.strategy.startswith("random")
+        matchings = 1 if self.settings.divided == "aligned" else self.layout.groups
+        for requested in self.r:
+            effective = clamp_r(requested, per_group, self.layout.protected)
+            matched = 0 if random or effective == 0 else matchings
+            flops = 0 if self.cost is None else self.cost.layer(per_group, per_group - effective, matched)
+            layers.append((requested, effective, per_group, per_group - effective, flops))
+            per_group -= effective
+        return layers
 
     def steps(self) -> list[LayerStep]:
-        """Per layer: requested r, clamped r, and the whole sequence's length before and after."""
-        steps = []
-        per_group = self.layout.tokens_per_group
-        for layer, requested in enumerate(self.r):
-            effective = clamp_r(requested, per_group, self.layout.protected)
-            steps.append(
-                LayerStep(
-                    layer,
-                    requested,
-                    effective,
-                    self.layout.total(per_group),
-                    self.layout.total(per_group - effective),
-                )
-            )
-            per_group -= effective
-        return steps
+        """Per layer: requested r, clamped r, the whole sequence's length before and after, and the block's
+        predicted FLOPs over the unmerged block's."""
+        unmerged = None if self.cost is None else self.cost.layer(*(self.layout.tokens_per_group,) * 2, 0)
+        return [
+            LayerStep(layer, requested, effective, self.layout.total(before), self.layout.total(after),
+                      None if unmerged is None else flops / unmerged)
+            for layer, (requested, effective, before, after, flops) in enumerate(self._layers())
+        ]
+
+    def flops(self) -> tuple[int, int] | None:
+        """Predicted FLOPs per input sample (a clip; an image for image models), merged and unmerged; None without
+        a cost."""
+        if self.cost is None:
+            return None
+        merged = self.cost.outside + sum(layer[-1] for layer in self._layers())
+        return merged, self.cost.unmerged(self.layout.tokens_per_group)
+
+    @property
+    def flop_ratio(self) -> float | None:
+        """Predicted FLOPs of the merged model over the unmerged model's; None without a cost."""
+        counts = self.flops()
+        return None if counts is None else counts[0] / counts[1]
+
+    def to_dict(self) -> dict[str, object]:
+        """The plan file (``videotome tune --json``, ``patch(model, plan=...)``): the settings, and the layers and
+        token layout of the model they were made for."""
+        return {"layers": len(self.r), "layout": asdict(self.layout), "settings": self.settings.to_dict()}
 
     def __str__(self) -> str:
         settings = self.settings
         schedule = settings.schedule if isinstance(settings.schedule, str) else "explicit"
         header = (
             f"MergePlan(strategy={settings.strategy}, schedule={schedule}, prop_attn={self.prop_attn}, "
-            f"divided={settings.divided}, threshold={settings.threshold}, groups={self.layout.groups})\n"
-            "layer  requested_r  effective_r  tokens_in  tokens_out"
+            f"divided={settings.divided}, threshold={settings.threshold}, groups={self.layout.groups})"
         )
-        rows = [
-            f"{s.layer:>5}  {s.requested_r:>11}  {s.effective_r:>11}  {s.tokens_in:>9}  {s.tokens_out:>10}"
-            for s in self.steps()
-        ]
-        return "\n".join([header, *rows])
+        counts = self.flops()
+        lines = [header]
+        if counts is not None:
+            lines.append(f"predicted FLOPs: {counts[0] / counts[1]:.3f} of the unmerged model "
+                         f"({counts[0] / 1e9:.3g} of {counts[1] / 1e9:.3g} GFLOPs per input sample)")
+        lines.append("layer  requested_r  effective_r  tokens_in  tokens_out" + ("  flops" if counts else ""))
+        for s in self.steps():
+            flops = "" if s.flops is None else f"  {s.flops:>5.3f}"
+            lines.append(
+                f"{s.layer:>5}  {s.requested_r:>11}  {s.effective_r:>11}  {s.tokens_in:>9}  {s.tokens_out:>10}{flops}"
+            )
+        return "\n".join(lines)
 
 
 def schedule_r(r: int, num_layers: int, schedule: str | Sequence[int]) -> tuple[int, ...]:
@@ -301,8 +339,10 @@ def build_plan(
     trace_source: bool = False,
     record_stats: bool = False,
     input_frames: tuple[int, ...] | None = None,
+    cost: ModelCost | None = None,
 ) -> MergePlan:
-    """The plan of ``settings`` for a model of ``num_layers`` layers whose tokens divide as ``layout``."""
+    """The plan of ``settings`` for a model of ``num_layers`` layers whose tokens divide as ``layout``; ``cost``
+    lets it predict its FLOPs."""
     return MergePlan(
         r=schedule_r(resolve_r(settings.r, layout), num_layers, settings.schedule),
         layout=layout,
@@ -311,4 +351,77 @@ def build_plan(
         trace_source=trace_source,
         record_stats=record_stats,
         input_frames=input_frames,
+        cost=cost,
     )
+
+
+def with_r(plan: MergePlan, r: int) -> MergePlan:
+    """The same plan with another r (the scale of its named schedule)."""
+    return replace(plan, r=schedule_r(r, len(plan.r), plan.settings.schedule), settings=replace(plan.settings, r=r))
+
+
+def _largest_r(plan: MergePlan) -> int:
+    """An r beyond which every layer of every named schedule clamps alike (nothing more to remove)."""
+    return plan.layout.tokens_per_group * max(1, len(plan.r) - 1)
+
+
+def smallest_flop_ratio(plan: MergePlan) -> float:
+    """The smallest predicted FLOP ratio any r reaches with the plan's model and schedule (every layer clamped)."""
+    return with_r(plan, _largest_r(plan)).flop_ratio
+
+
+def r_for_flops(target: float, plan: MergePlan) -> int:
+    """The smallest r (the scale of a named schedule) whose predicted FLOPs are at most ``target`` of the unmerged
+    model's, with the plan's model and other settings: the least merging that meets the budget. A target in
+    (0, 1] the model cannot reach is refused, naming the smallest reachable ratio."""
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
+        raise ValueError(f"flops={target!r} must be a FLOP ratio in (0, 1] (0.4: at most 40% of the unmerged model)")
+    if not isinstance(plan.settings.schedule, str):
+        raise ValueError("flops= chooses r for a named schedule; a schedule list already fixes every layer's r")
+    smallest = smallest_flop_ratio(plan)
+    if smallest > target:
+        raise ValueError(
+            f"flops={target} is out of reach with schedule={plan.settings.schedule!r}: the smallest FLOP ratio this "
+            f"model reaches is {smallest:.4f}"
+        )
+    low, high = 0, _largest_r(plan)
+    while low < high:  # the ratio falls as r grows
+        middle = (low + high) // 2
+        low, high = (low, middle) if with_r(plan, middle).flop_ratio <= target else (middle + 1, high)
+    return low
+
+
+#: the keys of a plan file (:meth:`MergePlan.to_dict`); ``tuned`` holds what ``videotome tune`` measured
+PLAN_KEYS = ("layers", "layout", "settings", "tuned")
+
+PlanSource = MergePlan | Mapping[str, object] | str | os.PathLike
+
+
+def read_plan(source: PlanSource) -> tuple[MergeSettings, int, TokenLayout]:
+    """The settings of a plan (a :class:`MergePlan`, a plan file's dict, or the path of its JSON), and the layers
+    and token layout of the model it was made for."""
+    if isinstance(source, MergePlan):
+        source = source.to_dict()
+    elif not isinstance(source, Mapping):
+        try:
+            source = json.loads(open(source).read())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"plan file {os.fspath(source)!r} is not JSON ({error})") from None
+    if not isinstance(source, Mapping) or not {"layers", "layout", "settings"} <= set(source):
+        raise ValueError(f"a plan has the keys {list(PLAN_KEYS[:3])} (videotome tune --json)")
+    unknown = sorted(set(source) - set(PLAN_KEYS))
+    if unknown:
+        raise ValueError(f"unknown plan keys {unknown}; expected {list(PLAN_KEYS)}")
+    return MergeSettings.from_dict(source["settings"]), source["layers"], TokenLayout(**source["layout"])
+
+
+def plan_settings(source: PlanSource, num_layers: int, layout: TokenLayout) -> MergeSettings:
+    """The settings of a plan (:func:`read_plan`) for a model of ``num_layers`` layers whose tokens divide as
+    ``layout``; a plan made for another model shape is refused."""
+    settings, *made_for = read_plan(source)
+    if tuple(made_for) != (num_layers, layout):
+        raise ValueError(
+            f"the plan was made for {made_for[0]} layers of tokens {made_for[1]}, not this model's {num_layers} "
+            f"layers of {layout}"
+        )
+    return settings

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from transformers.modeling_outputs import ImageClassifierOutput, ModelOutput
 
 from .. import merge
+from ..flops import BlockShape, ModelCost, matmul
 from ..kernels import softmax_last_dim
 from ..plan import MergePlan, TokenLayout
 from ..stats import ReductionRecord, frames_held, record_reduction
@@ -224,6 +225,16 @@ def weighted_mean(x: Tensor, size: Tensor | None) -> Tensor:
     return (x * size).sum(dim=1) / size.sum(dim=1)
 
 
+def linear_flops(*modules: nn.Module) -> int:
+    """FLOPs of one token through every ``nn.Linear`` in ``modules`` (an MLP, a head)."""
+    return sum(
+        matmul(1, linear.in_features, linear.out_features)
+        for module in modules
+        for linear in module.modules()
+        if isinstance(linear, nn.Linear)
+    )
+
+
 class Adapter:
     """One model family: where its layers are, how its tokens are laid out, and its merged layer forward."""
 
@@ -231,6 +242,8 @@ class Adapter:
     classes: tuple[type, ...] = ()
     #: proportional attention unless the user says otherwise
     prop_attn_default: bool = True
+    #: how the blocks attend, for the FLOP count (:data:`videotome.flops.ATTENTION_KINDS`)
+    attention_kind: str = "joint"
 
     def layers(self, model: nn.Module) -> nn.ModuleList:
         """The transformer blocks, in order."""
@@ -276,6 +289,32 @@ class Adapter:
     def sources(self, state: TokenState) -> Tensor:
         """The (batch, final tokens, input tokens) map, in the model's own token order."""
         return identity_source(state.x) if state.source is None else state.source
+
+    def base(self, model: nn.Module) -> nn.Module:
+        """The backbone: the model itself, unless a classifier wraps it."""
+        return model
+
+    def patch_projection(self, model: nn.Module) -> nn.Module:
+        """The patch embedding's convolution (by default where Hugging Face's vision models keep it)."""
+        return self.base(model).embeddings.patch_embeddings.projection
+
+    def head_modules(self, model: nn.Module) -> tuple[nn.Module, ...]:
+        """What runs on one token per sample after the blocks (pooler, classifier); () for a bare backbone. By
+        default a Hugging Face classifier's ``classifier``."""
+        return () if model is self.base(model) else (model.classifier,)
+
+    def mlp_modules(self, layer: nn.Module) -> tuple[nn.Module, ...]:
+        """The modules of a block's MLP (by default Hugging Face's ``intermediate`` and ``output``)."""
+        return layer.intermediate, layer.output
+
+    def cost(self, model: nn.Module) -> ModelCost:
+        """The model's analytic FLOPs per input sample at its configured input size (:mod:`videotome.flops`)."""
+        config, layers, layout = model.config, self.layers(model), self.layout(model)
+        block = BlockShape(self.attention_kind, config.hidden_size, config.num_attention_heads,
+                           linear_flops(*self.mlp_modules(layers[0])), frames=layout.groups)
+        patches = int((self.grid(model)[:, 0] >= 0).sum())
+        outside = 2 * patches * self.patch_projection(model).weight.numel()  # one product per patch
+        return ModelCost(block, len(layers), outside + linear_flops(*self.head_modules(model)))
 
 
 class PreNormBlockAdapter(Adapter):

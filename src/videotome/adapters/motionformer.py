@@ -12,10 +12,13 @@ trajectory still compares the same places across frames.
 from __future__ import annotations
 
 import torch
+from dataclasses import replace
+
 from torch import Tensor, nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ModelOutput
 
 from ..models.motionformer import MotionformerForVideoClassification, MotionformerModel
+from ..flops import ModelCost
 from ..plan import TokenLayout
 from .base import Adapter, LayerCall, TokenState, log_size, patch_grid, reduce_frames, to_frames
 
@@ -24,6 +27,7 @@ class MotionformerAdapter(Adapter):
     #: the token order: frame-major (token 1 + t * count + p)
     frame_major = True
     classes = (MotionformerModel, MotionformerForVideoClassification)
+    attention_kind = "trajectory"
 
     def base(self, model: nn.Module) -> MotionformerModel:
         return model.motionformer if isinstance(model, MotionformerForVideoClassification) else model
@@ -45,6 +49,20 @@ class MotionformerAdapter(Adapter):
 
     def run_original(self, layer: nn.Module, x: Tensor) -> Tensor:
         return layer(x, layer.config.num_temporal_tokens)
+
+    def patch_projection(self, model: nn.Module) -> nn.Module:
+        return self.base(model).patch_embed_3d.proj
+
+    def head_modules(self, model: nn.Module) -> tuple[nn.Module, ...]:
+        base = self.base(model)
+        return tuple(child for child in model.children() if child is not base)
+
+    def mlp_modules(self, layer: nn.Module) -> tuple[nn.Module, ...]:
+        return (layer.mlp,)
+
+    def cost(self, model: nn.Module) -> ModelCost:
+        cost = super().cost(model)
+        return replace(cost, block=replace(cost.block, projected_values=model.config.use_projected_values))
 
     def layer_forward(self, layer: nn.Module, state: TokenState, call: LayerCall) -> TokenState:
         frames = layer.config.num_temporal_tokens

@@ -46,6 +46,7 @@ class TimesformerAdapter(Adapter):
     #: the token order: patch-major (token 1 + p * frames + t)
     frame_major = False
     classes = (TimesformerModel, TimesformerForVideoClassification)
+    attention_kind = "divided"
 
     def base(self, model: nn.Module) -> TimesformerModel:
         return model.timesformer if isinstance(model, TimesformerForVideoClassification) else model

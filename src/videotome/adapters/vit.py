@@ -37,6 +37,13 @@ class ViTBlockAdapter(PreNormBlockAdapter):
     def config_of(self, layer: nn.Module):
         return layer.attention.config
 
+    def mlp_modules(self, layer: nn.Module) -> tuple[nn.Module, ...]:
+        return (layer.mlp,)
+
+    def head_modules(self, model: nn.Module) -> tuple[nn.Module, ...]:
+        pooler = getattr(self.base(model), "pooler", None)
+        return tuple(module for module in (pooler, getattr(model, "classifier", None)) if module is not None)
+
 
 def _image_grid(config) -> Tensor:
     side = config.image_size // config.patch_size

@@ -26,8 +26,12 @@ from .report import GROUPINGS, write_report
 SWEEP_KEYS = ("models", "out", "datasets")
 #: the eval options a sweep takes from its grid (``models``) or its merge settings, not as single values
 GRID_FIELDS = ("model", "merge")
+#: the eval options a sweep has no use for: a plan file fixes every merge setting, which a sweep varies
+EVAL_ONLY = ("plan",)
 MERGE_FIELDS = tuple(item.name for item in dataclasses.fields(MergeSettings))
-EVAL_FIELDS = tuple(item.name for item in dataclasses.fields(EvalConfig) if item.name not in GRID_FIELDS)
+EVAL_FIELDS = tuple(
+    item.name for item in dataclasses.fields(EvalConfig) if item.name not in (*GRID_FIELDS, *EVAL_ONLY)
+)
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -47,7 +51,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     sweep_parser.add_argument("--models", nargs="+", help="checkpoint directories")
     add_options(sweep_parser.add_argument_group("grid: every merge setting takes several values"), MergeSettings,
                 many=True)
-    add_options(sweep_parser, EvalConfig, exclude=GRID_FIELDS, required=False)
+    add_options(sweep_parser, EvalConfig, exclude=(*GRID_FIELDS, *EVAL_ONLY), required=False)
     sweep_parser.add_argument("--out", help="results file (JSONL) of every run")
     sweep_parser.set_defaults(func=cmd_sweep)
 

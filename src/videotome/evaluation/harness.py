@@ -29,7 +29,7 @@ from ..errors import VideotomeError
 from ..heads import format_heads, logits_per_head, model_heads, parse_heads
 from ..loading import VIDEO_MODEL_TYPES, load_local_model, resolve_model_dir
 from ..measure import synchronize
-from ..plan import MergeSettings
+from ..plan import MergeSettings, read_plan
 from .datasets import DATASETS, Sample, check_labels, class_names_from_id2label, head_class_names, load_samples
 from .logits import LogitsWriter, clip_logits
 from .results import ResultsError, ResultsWriter, compute_metrics, run_id
@@ -74,6 +74,10 @@ class EvalConfig:
     merge: MergeSettings = field(
         default_factory=MergeSettings, metadata=_help("token reduction (videotome.patch)")
     )
+    plan: str | None = field(
+        default=None,
+        metadata=_help("a plan file (videotome tune --json) with every merge setting, for a model of its shape"),
+    )
     frames: int | None = field(default=None, metadata=_help("frames per clip (default: the model's)"))
     sampling: str | None = field(
         default=None, metadata=_help("frame sampling (default: the family's)", choices=SAMPLING_MODES)
@@ -107,6 +111,18 @@ class EvalConfig:
         if self.workers < 0:
             raise ValueError(f"workers={self.workers} must be at least 0")
         parse_heads(self.heads)
+        if self.plan is not None:
+            self.merge = _plan_merge(self.plan, self.merge)
+
+
+def _plan_merge(plan: str, flags: MergeSettings) -> MergeSettings:
+    """The settings of a plan file; a reduction flag may repeat the plan's value but not contradict it."""
+    settings = read_plan(plan)[0]
+    defaults = MergeSettings()
+    for name, value in vars(flags).items():
+        if value != getattr(defaults, name) and value != getattr(settings, name):
+            raise ValueError(f"--plan {plan} sets {name}={getattr(settings, name)!r}; a flag says {value!r}")
+    return settings
 
 
 @dataclass
@@ -290,9 +306,12 @@ def forward_batch(
     return {head: logits.float().cpu() for head, logits in logits_per_head(output, heads).items()}, seconds
 
 
-def apply_reduction(model: torch.nn.Module, settings: MergeSettings) -> None:
-    """Patch the model with ``videotome.patch`` when the settings reduce tokens (else it stays as it is)."""
-    if settings.reduces:
+def apply_reduction(model: torch.nn.Module, settings: MergeSettings, plan: str | None = None) -> None:
+    """Patch the model with ``videotome.patch`` when the settings reduce tokens (else it stays as it is); the
+    settings of a plan file go through ``patch(plan=)``, which refuses a plan for another model shape."""
+    if plan is not None:
+        videotome.patch(model, plan=plan)
+    elif settings.reduces:
         videotome.patch(model, settings)
 
 
@@ -354,7 +373,7 @@ def evaluate(config: EvalConfig, *, new_runs: bool = False, resume: bool = False
     context = init_distributed(config.device)
     loaded = load_classifier(config, directory, context.device)
     heads = loaded.heads
-    apply_reduction(loaded.model, config.merge)
+    apply_reduction(loaded.model, config.merge, config.plan)
     head_sizes = _probe(loaded, heads, context.device)
     check_labels(samples, head_sizes, config.annotations)
     settings = run_settings(config, loaded)
