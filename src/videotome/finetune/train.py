@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ..errors import VideotomeError
 from ..heads import format_heads, heads_text, logits_per_head, model_heads, parse_heads
-from ..loading import SETTINGS_KEY, stored_settings
+from ..loading import SETTINGS_KEY, quiet_loading, stored_settings
 from ..options import option
 from ..plan import MergeSettings
 from ..evaluation.datasets import (
@@ -280,6 +280,15 @@ def _trainer_class():
             self.recipe, self.heads, self.skipped = recipe, heads, 0
             self.loss_is_scaled_for_ga = False  # our loss is a per-batch mean
 
+        def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+            # Trainer reads a checkpoint's safetensors as they are, without the key conversions from_pretrained
+            # applies (VideoMAE saves q_bias/v_bias as query.bias/value.bias): the weights come through
+            # from_pretrained instead
+            target = model or self.model
+            with quiet_loading():
+                saved = type(target).from_pretrained(resume_from_checkpoint, local_files_only=True)
+            target.load_state_dict(saved.state_dict())
+
         def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
             if self.optimizer is None:
                 self.optimizer = self.recipe.make_optimizer([p for p in self.model.parameters() if p.requires_grad])
@@ -446,6 +455,9 @@ def finetune(config: FinetuneConfig, *, callbacks: tuple[Any, ...] = ()) -> dict
         bf16=config.precision == "bf16", fp16=config.precision == "fp16", disable_tqdm=not config.progress,
         ddp_find_unused_parameters=False, dataloader_pin_memory=torch.cuda.is_available(),
     )
+    if world > 1 and arguments.world_size == 1:
+        raise FinetuneError(f"launched as {world} processes, but transformers' Trainer does not train them as one "
+                            f"(it does not join the process group on CPUs); run one process on the CPU")
     model.train()
     records = _callback_class()(out, directory)
     trainer = _trainer_class()(
