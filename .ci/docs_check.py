@@ -54,6 +54,7 @@ SMALL: dict[str, dict[str, str | None]] = {
         "--synthetic-videos": "32", "--synthetic-eval-videos": "16",
     },
     "vtm eval": {},
+    "finetune": {"--epochs": "1", "--batch-size": "8", "--workers": "0", "--no-progress": None},
     "visualize": {"--no-progress": None},
     "vtm bench": {"--repeats": "1", "--warmup": "0", "--shape": "12 16 64", "--windows": "2 6 12", "--device": "cpu"},
 }
@@ -241,6 +242,8 @@ def decide(command: Command, parser: argparse.ArgumentParser, workdir: Path) -> 
             return "skip", "needs a local checkpoint directory (only the packaged testbed models run)"
         if not glob.glob(str(workdir / video)):
             return "skip", "needs a video that no earlier documented command writes"
+    if words == "finetune" and not (option(tokens, "--model") or [""])[0].startswith(("testbed:", TESTBED_CHECKPOINTS)):
+        return "skip", "needs a downloaded checkpoint and dataset (EPIC-KITCHENS-100)"
     if words == "vtm train" and (option(tokens, "--dataset") or ["synthetic"])[0] != "synthetic":
         return "skip", "needs LVU / Breakfast / COIN features"
     if words == "vtm eval" and not (workdir / option(tokens, "--checkpoint")[0]).exists():

@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "videotome.vtm.commands",
     "videotome.testbed.commands",
     "videotome.analysis.commands",
+    "videotome.finetune.commands",
 )
 
 

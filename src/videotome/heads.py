@@ -25,6 +25,12 @@ def parse_heads(text: str | None) -> dict[str, int] | None:
     return heads
 
 
+def heads_text(text: str) -> str:
+    """``--heads`` as given, once it parses (a flag's ``parse``)."""
+    parse_heads(text)
+    return text
+
+
 def format_heads(heads: dict[str, int] | None) -> str | None:
     """The ``verb:97,noun:300`` notation of ordered head sizes (None for a single unnamed head)."""
     return ",".join(f"{name}:{size}" for name, size in heads.items()) if heads else None

@@ -26,8 +26,8 @@ import videotome
 
 from ..distributed import DistContext, broadcast, gather, init_distributed
 from ..errors import VideotomeError
-from ..heads import format_heads, logits_per_head, model_heads, parse_heads
-from ..loading import VIDEO_MODEL_TYPES, load_local_model, resolve_model_dir
+from ..heads import format_heads, heads_text, logits_per_head, model_heads, parse_heads
+from ..loading import VIDEO_MODEL_TYPES, load_local_model, resolve_model_dir, stored_settings
 from ..measure import synchronize
 from ..plan import MergeSettings, read_plan
 from .datasets import DATASETS, Sample, check_labels, class_names_from_id2label, head_class_names, load_samples
@@ -50,12 +50,6 @@ TOP_K = 5
 
 class EvaluationError(VideotomeError, RuntimeError):
     """An evaluation that cannot start or must stop (bad model, ``--strict`` failure)."""
-
-
-def _heads_text(text: str) -> str:
-    """``--heads`` as given, once it parses."""
-    parse_heads(text)
-    return text
 
 
 def _help(text: str, **more: Any) -> dict[str, Any]:
@@ -85,7 +79,7 @@ class EvalConfig:
     stride: int | None = field(default=None, metadata=_help("frame stride of dense sampling (default: the family's)"))
     heads: str | None = field(
         default=None,
-        metadata=_help("split logits into named heads, e.g. verb:97,noun:300 (EPIC-KITCHENS)", parse=_heads_text),
+        metadata=_help("split logits into named heads, e.g. verb:97,noun:300 (EPIC-KITCHENS)", parse=heads_text),
     )
     classes: str | None = field(
         default=None, metadata=_help("class list (k400: names, one a line or JSON; ssv2: labels.json)")
@@ -306,6 +300,16 @@ def forward_batch(
     return {head: logits.float().cpu() for head, logits in logits_per_head(output, heads).items()}, seconds
 
 
+def trained_merge_mismatch(model_config: Any, settings: MergeSettings) -> str | None:
+    """What to warn about when a checkpoint fine-tuned with merging (``videotome finetune --reduce``, recorded in its
+    config) is run with other merge settings; None when they agree or it records none."""
+    trained = stored_settings(model_config).get("merge")
+    if trained is None or MergeSettings.from_dict(trained).canonical() == settings.canonical():
+        return None
+    return (f"was fine-tuned with merging {MergeSettings.from_dict(trained).canonical().to_dict()} but runs with "
+            f"{settings.canonical().to_dict()}; its accuracy may differ from the one it was trained for")
+
+
 def apply_reduction(model: torch.nn.Module, settings: MergeSettings, plan: str | None = None) -> None:
     """Patch the model with ``videotome.patch`` when the settings reduce tokens (else it stays as it is); the
     settings of a plan file go through ``patch(plan=)``, which refuses a plan for another model shape."""
@@ -372,6 +376,9 @@ def evaluate(config: EvalConfig, *, new_runs: bool = False, resume: bool = False
     samples = read_samples(config, directory)
     context = init_distributed(config.device)
     loaded = load_classifier(config, directory, context.device)
+    mismatch = trained_merge_mismatch(loaded.config, config.merge)
+    if mismatch and context.is_main:
+        print(f"videotome: warning: {directory} {mismatch}", file=sys.stderr)
     heads = loaded.heads
     apply_reduction(loaded.model, config.merge, config.plan)
     head_sizes = _probe(loaded, heads, context.device)

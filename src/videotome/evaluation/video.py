@@ -95,8 +95,10 @@ def model_sampling(
     )
 
 
-def sample_indices(num_frames: int, config: SamplingConfig) -> list[int]:
-    """Return the frame indices of the single view taken from a clip of ``num_frames`` frames."""
+def sample_indices(num_frames: int, config: SamplingConfig, position: float = 0.5) -> list[int]:
+    """Return the frame indices of the single view taken from a clip of ``num_frames`` frames: ``position`` in
+    [0, 1) places it (dense: the window's start over the frames it may start at; uniform: the frame taken in each
+    segment); 0.5, the centre, is evaluation's view, a random one training's temporal offset."""
     if num_frames < 1:
         raise ValueError(f"cannot sample from a clip with {num_frames} frames")
     if config.sampling == "uniform":
@@ -104,10 +106,10 @@ def sample_indices(num_frames: int, config: SamplingConfig) -> list[int]:
             indices = list(range(num_frames))
         else:
             segment = num_frames / config.frames
-            indices = [int((i + 0.5) * segment) for i in range(config.frames)]
+            indices = [int((i + position) * segment) for i in range(config.frames)]
     else:
         span = (config.frames - 1) * config.stride + 1
-        start = max(0, (num_frames - span) // 2)
+        start = max(0, int(position * (num_frames - span)))
         indices = [i for i in range(start, start + span, config.stride) if i < num_frames]
     return indices + [indices[-1]] * (config.frames - len(indices))
 
@@ -235,8 +237,10 @@ def read_clip(
     start: float | None = None,
     end: float | None = None,
     decoder: str = "pyav",
+    position: float = 0.5,
 ) -> np.ndarray:
-    """Decode the sampled frames of a video (or of its ``[start, end)`` seconds) as ``(T, H, W, 3)`` uint8.
+    """Decode the sampled frames of a video (or of its ``[start, end)`` seconds) as ``(T, H, W, 3)`` uint8, the view
+    at ``position`` (:func:`sample_indices`).
 
     Raises ``DecodeError`` for a missing, truncated or undecodable file.
     """
@@ -245,8 +249,8 @@ def read_clip(
         raise DecodeError(f"missing video: {path}")
     check_decoder(decoder)
     if decoder == "decord":
-        return _read_clip_decord(path, config, start, end)
-    return _read_clip_pyav(path, config, start, end)
+        return _read_clip_decord(path, config, start, end, position)
+    return _read_clip_pyav(path, config, start, end, position)
 
 
 def read_input(
@@ -277,7 +281,9 @@ def frame_rate(path: str | Path) -> float:
         raise DecodeError(f"cannot decode {path}: {error}") from error
 
 
-def _read_clip_pyav(path: Path, config: SamplingConfig, start: float | None, end: float | None) -> np.ndarray:
+def _read_clip_pyav(
+    path: Path, config: SamplingConfig, start: float | None, end: float | None, position: float
+) -> np.ndarray:
     """Decode with PyAV: count the frames by demuxing (cheap), then decode and keep only the sampled ones."""
     import av
 
@@ -305,7 +311,7 @@ def _read_clip_pyav(path: Path, config: SamplingConfig, start: float | None, end
             if not times:
                 raise DecodeError(f"no frames in {path}" + ("" if start is None else f" between {start}s and {end}s"))
             _check_complete(path, stream, times[-1] * base, upper)
-            wanted = sample_indices(len(times), config)
+            wanted = sample_indices(len(times), config, position)
             keep = {times[i] for i in wanted}
             rewind()
             decoded: dict[int, np.ndarray] = {}
@@ -340,7 +346,9 @@ def _check_complete(path: Path, stream: Any, last_frame: float, upper: float) ->
         )
 
 
-def _read_clip_decord(path: Path, config: SamplingConfig, start: float | None, end: float | None) -> np.ndarray:
+def _read_clip_decord(
+    path: Path, config: SamplingConfig, start: float | None, end: float | None, position: float
+) -> np.ndarray:
     """Decode with decord (only when installed and asked for)."""
     import decord
 
@@ -351,7 +359,7 @@ def _read_clip_decord(path: Path, config: SamplingConfig, start: float | None, e
         stop = len(reader) if end is None else min(len(reader), math.ceil(end * fps - 1e-6))
         if stop <= first:
             raise DecodeError(f"no frames in {path} between {start}s and {end}s")
-        wanted = [first + i for i in sample_indices(stop - first, config)]
+        wanted = [first + i for i in sample_indices(stop - first, config, position)]
         return reader.get_batch(wanted).asnumpy()
     except DecodeError:
         raise
