@@ -400,6 +400,14 @@ def plot_curve(out: Path) -> Path:
     return path
 
 
+def _cpu_arguments() -> dict[str, Any]:
+    """``TrainingArguments`` for a machine without CUDA: ``use_cpu`` and the gloo backend, without which accelerate
+    does not see a torchrun launch on CPUs as data-parallel (each process would train alone on every clip)."""
+    if torch.cuda.is_available():
+        return {}
+    return {"use_cpu": True, "ddp_backend": "gloo"}
+
+
 def finetune(config: FinetuneConfig, *, callbacks: tuple[Any, ...] = ()) -> dict[str, Any]:
     """Fine-tune ``config.model`` into ``config.out``; every input is checked before training starts. Returns the
     epoch records (``OUT/log.jsonl``'s) and where the best and final checkpoints are. ``callbacks`` are extra
@@ -454,10 +462,11 @@ def finetune(config: FinetuneConfig, *, callbacks: tuple[Any, ...] = ()) -> dict
         dataloader_num_workers=config.workers, remove_unused_columns=False, label_names=["labels"],
         bf16=config.precision == "bf16", fp16=config.precision == "fp16", disable_tqdm=not config.progress,
         ddp_find_unused_parameters=False, dataloader_pin_memory=torch.cuda.is_available(),
+        **_cpu_arguments(),
     )
-    if world > 1 and arguments.world_size == 1:
-        raise FinetuneError(f"launched as {world} processes, but transformers' Trainer does not train them as one "
-                            f"(it does not join the process group on CPUs); run one process on the CPU")
+    if world > 1 and arguments.world_size != world:
+        raise FinetuneError(f"launched as {world} processes, but transformers' Trainer trains {arguments.world_size} "
+                            f"as one; check the launcher's environment (WORLD_SIZE, LOCAL_RANK)")
     model.train()
     records = _callback_class()(out, directory)
     trainer = _trainer_class()(
