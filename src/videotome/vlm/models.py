@@ -21,6 +21,9 @@ the keys, at prefill and at every decode step (generated keys get 0). It needs a
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import math
+import types
 import warnings
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -36,11 +39,17 @@ ATTENTION = "videotome_sdpa"
 
 
 class VideoRecord(NamedTuple):
-    """One video of a prepared batch: its grid of visual tokens (frames x tokens per frame) and its reduction."""
+    """One video of a prepared batch: its grid of visual tokens (frames x rows x columns) and its reduction."""
 
     frames: int
-    tokens_per_frame: int
+    rows: int
+    cols: int
     reduction: VideoReduction
+
+    @property
+    def tokens(self) -> int:
+        """The video's visual tokens before the reduction."""
+        return self.frames * self.rows * self.cols
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +79,7 @@ class Family:
         raise NotImplementedError
 
     def runs(self, model: nn.Module, output: Any, inputs: Mapping[str, Any]) -> list[tuple[Tensor, Tensor]]:
-        """Per video: its placeholder run's features (L, C) and the grid (T, S) of run indices to reduce; run
+        """Per video: its placeholder run's features (L, C) and the grid (T, H, W) of run indices to reduce; run
         tokens outside the grid (a newline, a frame's class token) are protected."""
         raise NotImplementedError
 
@@ -104,7 +113,8 @@ class LlavaFamily(Family):
             grid = torch.arange(length).view(frames, -1)[:, 1:]
         else:
             grid = torch.arange(length).view(frames, -1)
-        return [(features[b], grid) for b in range(batch)]
+        side = math.isqrt(grid.shape[1])
+        return [(features[b], grid.view(frames, side, -1)) for b in range(batch)]
 
     def rebuild(self, output: Any, runs: list[Tensor], extras: list[list[Tensor]]) -> Any:
         if len({run.shape[0] for run in runs}) > 1:
@@ -127,7 +137,7 @@ class QwenFamily(Family):
     def runs(self, model: nn.Module, output: Any, inputs: Mapping[str, Any]) -> list[tuple[Tensor, Tensor]]:
         merge = model.config.vision_config.spatial_merge_size
         grids = inputs["video_grid_thw"].tolist()
-        return [(features, torch.arange(features.shape[0]).view(t, h * w // merge ** 2))
+        return [(features, torch.arange(features.shape[0]).view(t, h // merge, w // merge))
                 for features, (t, h, w) in zip(output.pooler_output, grids)]
 
     def extras(self, output: Any, video: int) -> list[Tensor]:
@@ -209,7 +219,8 @@ def prepare(model: nn.Module, inputs: Mapping[str, Any], settings: VideoMergeSet
         if places.numel() != features.shape[0]:
             raise ValueError(f"sequence {index} has {places.numel()} video placeholder tokens for "
                              f"{features.shape[0]} video features")
-        frames, per_frame = grid.shape
+        frames, rows, cols = grid.shape
+        per_frame = rows * cols
         flat = grid.flatten().to(features.device)
         reduced, reduction = reduce_video(features[flat].view(frames, per_frame, -1), settings,
                                           generator=_generator(settings, features.device))
@@ -224,7 +235,7 @@ def prepare(model: nn.Module, inputs: Mapping[str, Any], settings: VideoMergeSet
         extras.append([_replace(extra, flat, reduction, run_keep) for extra in family.extras(output, index)])
         keep[index, places] = run_keep
         log_size[index, places] = sizes.log()
-        videos.append(VideoRecord(frames, per_frame, reduction))
+        videos.append(VideoRecord(frames, rows, cols, reduction))
     lengths = keep.sum(-1)
     if len(set(lengths.tolist())) > 1:
         raise ValueError(f"the batch's sequences keep different lengths {lengths.tolist()}: give each sample the same "
@@ -314,3 +325,144 @@ def proportional_attention(model: nn.Module, requested: bool | None) -> bool:
     warnings.warn(f"proportional attention needs the language model's attention to take a float bias (sdpa); "
                   f"{type(model).__name__} uses {implementation!r}, so it runs without it", stacklevel=3)
     return False
+
+
+@dataclasses.dataclass
+class VLMPatch:
+    """What a patched video-LLM carries: its family, settings, whether proportional attention runs (and the
+    attention implementation it replaced), and the per-video records of the last call."""
+
+    family: Family
+    settings: VideoMergeSettings
+    prop_attn: bool
+    replaced_attention: str | None = None
+    last: list[VideoRecord] | None = None
+
+    def undo(self, model: nn.Module) -> None:
+        """Restore what :func:`patch_vlm` changed besides the instance's ``forward`` and ``generate``."""
+        del model.generate
+        if self.replaced_attention is not None:
+            text_config(model)._attn_implementation = self.replaced_attention
+
+    def records(self) -> list[VideoRecord]:
+        """The last call's per-video records, or the error that says why there are none."""
+        if self.last is None:
+            raise ValueError("nothing recorded yet: run a forward or generate call of the patched model first")
+        return self.last
+
+
+def patch_vlm(model: nn.Module, settings: VideoMergeSettings, attribute: str) -> nn.Module:
+    """Patch a supported video-LLM in place: its ``forward`` and ``generate`` reduce each video's visual tokens."""
+    family = find_family(model)
+    prop_attn = settings.reduces and proportional_attention(model, settings.prop_attn)
+    previous = getattr(model, attribute, None)
+    replaced = previous.replaced_attention if isinstance(previous, VLMPatch) else None
+    if previous is not None:
+        previous.undo(model)
+    record = VLMPatch(family, settings, prop_attn)
+    if prop_attn:
+        register_attention()
+        record.replaced_attention = replaced or text_config(model)._attn_implementation
+        text_config(model)._attn_implementation = ATTENTION
+    setattr(model, attribute, record)
+    model.forward = _with_signature(types.MethodType(_forward, model), type(model).forward)
+    model.generate = types.MethodType(_generate, model)
+    return model
+
+
+def _with_signature(method: Any, original: Any) -> Any:
+    """``method`` presented with ``original``'s parameters plus ``videotome_log_size``: generate checks its inputs
+    against the forward's signature."""
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        return method(*args, **kwargs)
+
+    signature = inspect.signature(original)
+    parameters = [p for p in signature.parameters.values() if p.name != "self"]
+    extra = inspect.Parameter(LOG_SIZE_KEY, inspect.Parameter.KEYWORD_ONLY, default=None)
+    position = next((i for i, p in enumerate(parameters) if p.kind is inspect.Parameter.VAR_KEYWORD), len(parameters))
+    forward.__signature__ = signature.replace(parameters=[*parameters[:position], extra, *parameters[position:]])
+    forward.__doc__ = method.__doc__
+    return forward
+
+
+def _record(model: nn.Module) -> VLMPatch:
+    return next(value for value in vars(model).values() if isinstance(value, VLMPatch))
+
+
+def _forward(self: nn.Module, *args: Any, videotome_log_size: Tensor | None = None, **kwargs: Any) -> Any:
+    """A patched video-LLM's forward: inputs with video pixels are reduced first; anything else (generate's own
+    steps, which carry the reduced features) goes to the class's forward unchanged. The logits cover the reduced
+    sequence. ``videotome_log_size`` (named here so that generate accepts it) carries the sizes to the attention."""
+    if videotome_log_size is not None:
+        kwargs[LOG_SIZE_KEY] = videotome_log_size
+    if args or kwargs.get("pixel_values_videos") is None:
+        return type(self).forward(self, *args, **kwargs)
+    record = _record(self)
+    prepared = prepare(self, kwargs, record.settings, prop_attn=record.prop_attn)
+    record.last = prepared.videos
+    return type(self).forward(self, **prepared.kwargs)
+
+
+def _generate(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """A patched video-LLM's generate: the reduced prompt goes to the class's generate, and the output starts with
+    the caller's own prompt ids, so ``out[:, prompt_length:]`` is the answer as without merging."""
+    if args or kwargs.get("pixel_values_videos") is None:
+        return type(self).generate(self, *args, **kwargs)
+    record = _record(self)
+    prepared = prepare(self, kwargs, record.settings, prop_attn=record.prop_attn, generate=True)
+    record.last = prepared.videos
+    output = type(self).generate(self, **prepared.kwargs)
+    shortened = prepared.kwargs["input_ids"].shape[1]
+    sequences = output if isinstance(output, Tensor) else output.sequences
+    whole = torch.cat([kwargs["input_ids"], sequences[:, shortened:]], dim=1)
+    if isinstance(output, Tensor):
+        return whole
+    output.sequences = whole
+    return output
+
+
+def video_sources(record: VLMPatch) -> list[Tensor]:
+    """Per video of the last call: the (kept tokens, input tokens) 0/1 map of which visual tokens each kept token
+    holds (a zero column: a dropped token)."""
+    maps = []
+    for video in record.records():
+        assignment = video.reduction.assignment
+        kept = video.reduction.size.numel()
+        grid = torch.zeros(kept, assignment.numel())
+        held = assignment >= 0
+        grid[assignment[held], torch.arange(assignment.numel())[held]] = 1
+        maps.append(grid)
+    return maps
+
+
+def video_token_grid(record: VLMPatch) -> list[Tensor]:
+    """Per video of the last call: (input tokens, 3) of each visual token's frame, row and column."""
+    grids = []
+    for video in record.records():
+        t, h, w = torch.meshgrid(torch.arange(video.frames), torch.arange(video.rows), torch.arange(video.cols),
+                                 indexing="ij")
+        grids.append(torch.stack([t.flatten(), h.flatten(), w.flatten()], dim=1))
+    return grids
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoPlan:
+    """The plan of a patched video-LLM: its settings and, per video of the last call, the grid and the tokens the
+    language model saw of it."""
+
+    settings: VideoMergeSettings
+    videos: tuple[tuple[int, int, int, int], ...]  # frames, rows, cols, kept tokens
+
+    def __str__(self) -> str:
+        head = (f"video-LLM reduction: keep {self.settings.keep:g}, {self.settings.strategy}, {self.settings.mode}, "
+                f"positions {self.settings.positions}")
+        lines = [f"video {index}: {frames} x {rows} x {cols} = {frames * rows * cols} visual tokens -> {kept}"
+                 for index, (frames, rows, cols, kept) in enumerate(self.videos)]
+        return "\n".join([head, *lines])
+
+
+def video_plan(record: VLMPatch) -> VideoPlan:
+    """The :class:`VideoPlan` of the last call."""
+    return VideoPlan(record.settings, tuple((v.frames, v.rows, v.cols, v.reduction.size.numel())
+                                            for v in record.records()))
