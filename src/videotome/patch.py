@@ -89,7 +89,7 @@ def patch(
         return vlm_models.patch_vlm(model, video_settings(given, **options), _ATTRIBUTE)
     adapter = find_adapter(model)
     if adapter is None:
-        supported = ", ".join(cls.__name__ for a in ADAPTERS for cls in a.classes)
+        supported = ", ".join([cls.__name__ for a in ADAPTERS for cls in a.classes] + vlm_models.supported_classes())
         raise TypeError(f"{type(model).__name__} is not supported by videotome.patch; supported classes: {supported}")
     num_layers, layout, cost = len(adapter.layers(model)), adapter.layout(model), adapter.cost(model)
     if plan is not None:
