@@ -33,22 +33,23 @@ def _generate(model: torch.nn.Module, inputs: dict, **options) -> torch.Tensor:
         return model.generate(**inputs, max_new_tokens=4, do_sample=False, **options)
 
 
+def _outputs(model: torch.nn.Module, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward logits and the greedy generation of ``inputs``."""
+    with torch.no_grad():
+        return model(**inputs).logits, _generate(model, inputs)
+
+
 def test_keep_one_is_the_unpatched_model_bit_for_bit(model_name: str) -> None:
     model, inputs = _fresh(model_name)
-    with torch.no_grad():
-        logits = model(**inputs).logits
-    generated = _generate(model, inputs)
+    logits, generated = _outputs(model, inputs)
     videotome.patch(model, keep=1.0)
-    with torch.no_grad():
-        assert torch.equal(model(**inputs).logits, logits)
-    assert torch.equal(_generate(model, inputs), generated)
+    patched_logits, patched_generated = _outputs(model, inputs)
+    assert torch.equal(patched_logits, logits) and torch.equal(patched_generated, generated)
 
 
 def test_merged_runs_see_fewer_tokens_generate_keeps_the_prompt_and_unpatch_restores(model_name: str) -> None:
     model, inputs = _fresh(model_name)
-    with torch.no_grad():
-        logits = model(**inputs).logits
-    generated = _generate(model, inputs)
+    logits, generated = _outputs(model, inputs)
     videotome.patch(model, keep=0.25)
     with torch.no_grad():
         merged = model(**inputs).logits
@@ -69,9 +70,8 @@ def test_merged_runs_see_fewer_tokens_generate_keeps_the_prompt_and_unpatch_rest
     assert all(s.sum(0).eq(1).all() for s in sources)  # merge: every visual token in exactly one kept token
     assert all(g.shape == (s.shape[1], 3) for g, s in zip(grids, sources))
     videotome.unpatch(model)
-    with torch.no_grad():
-        assert torch.equal(model(**inputs).logits, logits)
-    assert torch.equal(_generate(model, inputs), generated)
+    restored_logits, restored_generated = _outputs(model, inputs)
+    assert torch.equal(restored_logits, logits) and torch.equal(restored_generated, generated)
     assert text_config(model)._attn_implementation == "sdpa" and "forward" not in vars(model)
 
 
