@@ -177,3 +177,13 @@ def test_bad_input_gets_one_line(call, error: type, message: str) -> None:
     with pytest.raises(error, match=message) as caught:
         call(model, inputs)
     assert "\n" not in str(caught.value)
+
+
+def test_prepare_takes_keep_as_a_keyword_and_leaves_the_model_as_it_is() -> None:
+    model, inputs = _fresh("tiny-llava-onevision")
+    prepared = videotome.vlm.prepare(model, inputs, keep=0.25, generate=True)
+    assert prepared.kwargs["input_ids"].shape[1] < inputs["input_ids"].shape[1]
+    assert "forward" not in vars(model) and "pixel_values_videos" not in prepared.kwargs
+    out = _generate(model, prepared.kwargs)  # the unpatched model, driven by the caller
+    assert torch.equal(out[:, :prepared.kwargs["input_ids"].shape[1]], prepared.kwargs["input_ids"])
+    assert [video.reduction.size.numel() for video in prepared.videos] == [budget(4, 4, 0.25)] * 2

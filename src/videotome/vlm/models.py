@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .reduce import VideoMergeSettings, VideoReduction, reduce_video
+from .reduce import VideoMergeSettings, VideoReduction, reduce_video, video_settings
 
 #: the keyword that carries each kept token's log size to the attention function
 LOG_SIZE_KEY = "videotome_log_size"
@@ -182,17 +182,21 @@ def _generator(settings: VideoMergeSettings, device: torch.device) -> torch.Gene
     return torch.Generator(device=device).manual_seed(settings.seed)
 
 
-def prepare(model: nn.Module, inputs: Mapping[str, Any], settings: VideoMergeSettings,
-            *, prop_attn: bool = False, generate: bool = False) -> Prepared:
+def prepare(model: nn.Module, inputs: Mapping[str, Any], settings: VideoMergeSettings | None = None, *,
+            prop_attn: bool = False, generate: bool = False, **options: Any) -> Prepared:
     """The keyword arguments that give ``model`` (a supported video-LLM) the inputs a processor made, with each
-    video's visual tokens reduced by ``settings``: for forward and for generate. Pure: the model is not changed.
+    video's visual tokens reduced by ``settings`` (or ``keep=``/``r=`` and the other :class:`VideoMergeSettings`
+    fields as ``options``): ``model(**prepared.kwargs)``, or ``model.generate(**prepared.kwargs)`` with
+    ``generate=True``. Pure: the model is not changed. One video per sequence.
 
     Positions are the ones the model itself would use on the full sequence: the caller's ``position_ids``; else, for
     ``generate``, generate's own (from the attention mask, or the M-RoPE index); for a forward pass, the forward's
     own (the M-RoPE index for Qwen, 0 .. L-1 for the 1-D families, whose forward does not read the mask for them).
-    ``prop_attn`` adds each kept token's log size for the ``videotome_sdpa`` attention (:func:`patch` turns that
-    attention on); sizes that are all 1 (nothing merged) add nothing, so such a run is the plain model's.
+    ``prop_attn`` adds each kept token's log size for the ``videotome_sdpa`` attention, which only a patched model
+    runs (:func:`videotome.patch`); sizes that are all 1 (nothing merged) add nothing, so such a run is the plain
+    model's.
     """
+    settings = video_settings(settings, **options)
     family = find_family(model)
     if family is None:
         raise TypeError(f"{type(model).__name__} is not a supported video-LLM; supported: {supported_classes()}")
