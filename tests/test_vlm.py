@@ -187,3 +187,21 @@ def test_prepare_takes_keep_as_a_keyword_and_leaves_the_model_as_it_is() -> None
     out = _generate(model, prepared.kwargs)  # the unpatched model, driven by the caller
     assert torch.equal(out[:, :prepared.kwargs["input_ids"].shape[1]], prepared.kwargs["input_ids"])
     assert [video.reduction.size.numel() for video in prepared.videos] == [budget(4, 4, 0.25)] * 2
+
+
+def test_qwen3_deepstack_features_are_reduced_over_the_same_groups() -> None:
+    model, inputs = _fresh("tiny-qwen3-vl")
+    with torch.no_grad():
+        full = model.model.get_video_features(pixel_values_videos=inputs["pixel_values_videos"],
+                                              video_grid_thw=inputs["video_grid_thw"], return_dict=True)
+        prepared = prepare(model, inputs, keep=0.25)
+    reduced = prepared.kwargs["mm_encoder_outputs"]["video"]
+    assert len(reduced.deepstack_features) == len(full.deepstack_features) == 1
+    for video, record in enumerate(prepared.videos):
+        assignment = record.reduction.assignment
+        layer = full.deepstack_features[0][video]
+        expected = torch.stack([layer[assignment == k].mean(0) for k in range(record.reduction.size.numel())])
+        torch.testing.assert_close(reduced.deepstack_features[0][video], expected)
+        main = torch.stack([full.pooler_output[video][assignment == k].mean(0)
+                            for k in range(record.reduction.size.numel())])
+        torch.testing.assert_close(reduced.pooler_output[video], main)  # the features: size-weighted means too
