@@ -22,6 +22,7 @@ import torch
 from conftest import tiny_model
 from transformers import TrainerCallback
 
+import videotome
 from videotome.cli import main
 from videotome.evaluation.harness import EvalConfig, evaluate
 from videotome.evaluation.video import SamplingConfig, sample_indices
@@ -182,6 +183,15 @@ def test_new_epic_heads_are_read_back_by_eval_with_their_names(clips: Path, tmp_
         header = json.loads(out.read_text().splitlines()[0])
         assert header["class_names"] == {"verb": list(VERBS), "noun": list(NOUNS)}
         assert summary["metrics"]["clips"] == VAL_CLIPS and "action_top1" in summary["metrics"]
+    # a plan file is checked by the settings it holds, not by the (default) flags beside it
+    trained = videotome.patch(tiny_model("videomae"), r=2)
+    for r, warned in ((2, False), (1, True)):
+        plan_file = tmp_path / f"plan{r}.json"
+        plan_file.write_text(json.dumps(videotome.patch(trained, r=r) and videotome.plan(trained).to_dict()))
+        evaluate(EvalConfig(model=str(tmp_path / "out" / "final"), dataset="epic100", annotations=str(val),
+                            root=str(tmp_path / "epic"), workers=0, progress=False, plan=str(plan_file)),
+                 out=tmp_path / f"plan{r}.jsonl")
+        assert ("was fine-tuned with merging" in capsys.readouterr().err) == warned
 
 
 def _cli(capsys, *argv: str) -> str:

@@ -23,6 +23,8 @@ from .adapters.base import Adapter, LayerCall, TokenState
 from .dependencies import check_transformers
 from .plan import MergePlan, MergeSettings, PlanSource, build_plan, merge_settings, plan_settings, r_for_flops
 from .stats import added_record, summarize
+from .vlm import models as vlm_models
+from .vlm.reduce import VideoMergeSettings, video_settings
 
 _ATTRIBUTE = "_videotome"
 
@@ -77,9 +79,17 @@ def patch(
     refused here, since the adapters rely on its model classes' internals.
     """
     check_transformers()
+    if vlm_models.find_family(model) is not None:
+        if flops is not None or plan is not None or trace_source or record_stats:
+            raise ValueError("a video-LLM takes keep= (or r=, the share removed) and the reduction options; flops=, "
+                             "plan=, trace_source and record_stats are for video classifiers")
+        given = settings if isinstance(settings, VideoMergeSettings) else None
+        if settings is not None and given is None:
+            options["r"] = settings
+        return vlm_models.patch_vlm(model, video_settings(given, **options), _ATTRIBUTE)
     adapter = find_adapter(model)
     if adapter is None:
-        supported = ", ".join(cls.__name__ for a in ADAPTERS for cls in a.classes)
+        supported = ", ".join([cls.__name__ for a in ADAPTERS for cls in a.classes] + vlm_models.supported_classes())
         raise TypeError(f"{type(model).__name__} is not supported by videotome.patch; supported classes: {supported}")
     num_layers, layout, cost = len(adapter.layers(model)), adapter.layout(model), adapter.cost(model)
     if plan is not None:
@@ -109,6 +119,9 @@ def patch(
 def unpatch(model: nn.Module) -> nn.Module:
     """Restore the model's own forward; a model that is not patched is returned unchanged."""
     if hasattr(model, _ATTRIBUTE):
+        record = getattr(model, _ATTRIBUTE)
+        if isinstance(record, vlm_models.VLMPatch):
+            record.undo(model)
         delattr(model, _ATTRIBUTE)
         del model.forward
     return model
@@ -121,18 +134,25 @@ def _patch_of(model: nn.Module) -> Patch:
         raise ValueError(f"{type(model).__name__} is not patched; call videotome.patch(model, r) first") from None
 
 
-def plan(model: nn.Module) -> MergePlan:
-    """The plan of a patched model; ``print`` it for the per-layer requested r, clamped r and token counts."""
-    return _patch_of(model).plan
+def plan(model: nn.Module) -> MergePlan | vlm_models.VideoPlan:
+    """The plan of a patched model; ``print`` it for the per-layer requested r, clamped r and token counts (for a
+    video-LLM: per video of the last call, its grid and the tokens kept)."""
+    record = _patch_of(model)
+    if isinstance(record, vlm_models.VLMPatch):
+        return vlm_models.video_plan(record)
+    return record.plan
 
 
-def sources(model: nn.Module) -> Tensor:
+def sources(model: nn.Module) -> Tensor | list[Tensor]:
     """The (batch, final tokens, input tokens) 0/1 map of the last forward of a model patched with trace_source.
 
     Rows follow the output sequence, columns the embedding's input tokens, both in the model's own order; a
-    column of zeros is a patch that was dropped.
+    column of zeros is a patch that was dropped. A patched video-LLM gives one (kept, visual tokens) map per video
+    of its last call.
     """
     record = _patch_of(model)
+    if isinstance(record, vlm_models.VLMPatch):
+        return vlm_models.video_sources(record)
     return _recorded("sources", record.plan.trace_source, "trace_source", record.last_sources)
 
 
@@ -155,12 +175,16 @@ def _recorded(reader: str, kept: bool, option: str, value: Any) -> Any:
     return value
 
 
-def token_grid(model: nn.Module) -> Tensor:
+def token_grid(model: nn.Module) -> Tensor | list[Tensor]:
     """Where each of a supported model's input tokens sits: (input tokens, 3) of time step, patch row and patch
     column at the configured input size, in the model's own token order; -1 for a class token.
 
-    With :func:`sources`, this paints each final token over the patches it holds.
+    With :func:`sources`, this paints each final token over the patches it holds. A patched video-LLM gives one
+    (visual tokens, 3) grid per video of its last call (frame, row, column of its visual tokens).
     """
+    record = getattr(model, _ATTRIBUTE, None)
+    if isinstance(record, vlm_models.VLMPatch):
+        return vlm_models.video_token_grid(record)
     adapter = find_adapter(model)
     if adapter is None:
         raise TypeError(f"{type(model).__name__} is not supported by videotome")

@@ -376,11 +376,12 @@ def evaluate(config: EvalConfig, *, new_runs: bool = False, resume: bool = False
     samples = read_samples(config, directory)
     context = init_distributed(config.device)
     loaded = load_classifier(config, directory, context.device)
-    mismatch = trained_merge_mismatch(loaded.config, config.merge)
-    if mismatch and context.is_main:
-        print(f"videotome: warning: {directory} {mismatch}", file=sys.stderr)
     heads = loaded.heads
     apply_reduction(loaded.model, config.merge, config.plan)
+    running = videotome.plan(loaded.model).settings if config.plan is not None else config.merge
+    mismatch = trained_merge_mismatch(loaded.config, running)
+    if mismatch and context.is_main:
+        print(f"videotome: warning: {directory} {mismatch}", file=sys.stderr)
     head_sizes = _probe(loaded, heads, context.device)
     check_labels(samples, head_sizes, config.annotations)
     settings = run_settings(config, loaded)

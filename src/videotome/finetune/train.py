@@ -400,12 +400,14 @@ def plot_curve(out: Path) -> Path:
     return path
 
 
-def _cpu_arguments() -> dict[str, Any]:
-    """``TrainingArguments`` for a machine without CUDA: ``use_cpu`` and the gloo backend, without which accelerate
-    does not see a torchrun launch on CPUs as data-parallel (each process would train alone on every clip)."""
+def _cpu_arguments(world: int) -> dict[str, Any]:
+    """``TrainingArguments`` for a machine without CUDA: ``use_cpu``, and under a launcher of ``world`` > 1
+    processes the gloo backend, without which accelerate does not see a torchrun launch on CPUs as data-parallel
+    (each process would train alone on every clip). A single process gets no backend: accelerate would then ask
+    for a process group that does not exist."""
     if torch.cuda.is_available():
         return {}
-    return {"use_cpu": True, "ddp_backend": "gloo"}
+    return {"use_cpu": True, **({"ddp_backend": "gloo"} if world > 1 else {})}
 
 
 def finetune(config: FinetuneConfig, *, callbacks: tuple[Any, ...] = ()) -> dict[str, Any]:
@@ -462,7 +464,7 @@ def finetune(config: FinetuneConfig, *, callbacks: tuple[Any, ...] = ()) -> dict
         dataloader_num_workers=config.workers, remove_unused_columns=False, label_names=["labels"],
         bf16=config.precision == "bf16", fp16=config.precision == "fp16", disable_tqdm=not config.progress,
         ddp_find_unused_parameters=False, dataloader_pin_memory=torch.cuda.is_available(),
-        **_cpu_arguments(),
+        **_cpu_arguments(world),
     )
     if world > 1 and arguments.world_size != world:
         raise FinetuneError(f"launched as {world} processes, but transformers' Trainer trains {arguments.world_size} "
