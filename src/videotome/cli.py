@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "videotome.testbed.commands",
     "videotome.analysis.commands",
     "videotome.finetune.commands",
+    "videotome.vlm.commands",
 )
 
 

@@ -1,0 +1,174 @@
+"""``videotome vlm bench``: what reducing a video's visual tokens saves in a video-LLM's language model, measured.
+
+Per kept share: the language model's prefill over the prepared inputs (the video already encoded and reduced, so
+the time is the language model's alone), the time to the first token of ``generate`` from the processor's inputs
+(vision tower, reduction and prefill), the prefill's analytic FLOPs and the KV cache it leaves
+(:mod:`videotome.vlm.cost`). The unreduced model and every share are timed in one process, interleaved round by
+round (:func:`videotome.measure.time_rounds`), so their ratios share the machine's load. The same counts at the
+7B models' sizes follow, analytically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..measure import resolve_device, time_rounds
+from ..options import add_options, from_args
+from .cost import MODELS_7B, LanguageModelShape, analytic_rows
+from .models import prepare
+from .reduce import VideoMergeSettings, read_keep, video_settings
+from .tiny import TINY_MODELS, tiny_model, video_inputs
+
+
+@dataclass(frozen=True)
+class VLMBenchConfig:
+    """What ``videotome vlm bench`` measures: a model, a video length, the kept shares, how to time."""
+
+    model: str = field(metadata={"help": f"a local model directory, or one of {', '.join(TINY_MODELS)}"})
+    frames: int = field(default=8, metadata={"help": "frames of the (random) video"})
+    keeps: tuple[float, ...] = field(
+        default=(0.5, 0.25, 0.125),
+        metadata={"help": "kept shares of the visual tokens to measure, each in (0, 1]", "flag": "--keep",
+                  "parse": read_keep},
+    )
+    merge: VideoMergeSettings = field(
+        default_factory=VideoMergeSettings, metadata={"help": "reduction settings besides keep (videotome.patch)"}
+    )
+    size: int = field(default=56, metadata={"help": "frame side in pixels for the Qwen classes (the LLaVA classes "
+                                                    "take their vision tower's)"})
+    prompt: int = field(default=16, metadata={"help": "text tokens before the video"})
+    repeats: int = field(default=5, metadata={"help": "timed rounds (median)"})
+    warmup: int = field(default=1, metadata={"help": "untimed rounds first"})
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda or cuda:N (default: cuda when available)"})
+
+    def __post_init__(self) -> None:
+        for name in ("frames", "size", "prompt", "repeats"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
+        if self.warmup < 0:
+            raise ValueError(f"warmup={self.warmup} must be at least 0")
+
+
+def load_model(name: str) -> nn.Module:
+    """A built-in tiny model by name, or a video-LLM from a local directory (never downloading)."""
+    if name in TINY_MODELS:
+        return tiny_model(name)
+    path = Path(name)
+    if not (path / "config.json").is_file():
+        raise ValueError(f"--model {name!r} is neither a directory with a config.json nor one of {sorted(TINY_MODELS)}")
+    from transformers import AutoModelForImageTextToText
+
+    return AutoModelForImageTextToText.from_pretrained(path, local_files_only=True).eval()
+
+
+def _size(model: nn.Module, config: VLMBenchConfig) -> int:
+    """The frame side the inputs take: the LLaVA classes' vision tower's, else the configured one."""
+    if hasattr(model.config, "vision_start_token_id"):
+        return config.size
+    return model.config.vision_config.image_size
+
+
+def run_vlm_bench(config: VLMBenchConfig) -> dict[str, object]:
+    """Measure the unreduced model and every kept share, interleaved; return the rows and the 7B counts."""
+    device = resolve_device(config.device)
+    model = load_model(config.model).to(device)
+    inputs = video_inputs(model, frames=config.frames, prompt_lengths=[config.prompt], image_size=_size(model, config))
+    inputs = {key: value.to(device) for key, value in inputs.items()}
+    shape = LanguageModelShape.of(model.config)
+    dtype_bytes = next(model.parameters()).element_size()
+    import videotome
+
+    keeps = (1.0, *[keep for keep in config.keeps if keep != 1.0])
+    prefill_calls, first_token_calls, rows = [], [], []
+    for keep in keeps:
+        settings = video_settings(config.merge, keep=keep)
+        if keep == 1.0:
+            videotome.unpatch(model)
+            prepared = prepare(model, inputs, settings)
+        else:
+            videotome.patch(model, settings)
+            prepared = prepare(model, inputs, settings, prop_attn=_prop_attn(model))
+        videotome.unpatch(model)
+        tokens = prepared.kwargs["input_ids"].shape[1]
+        visual = sum(video.reduction.size.numel() for video in prepared.videos)
+        rows.append({"keep": keep, "visual_tokens": visual, "sequence": tokens,
+                     "gflops": shape.prefill_flops(tokens) / 1e9,
+                     "kv_cache_kib": shape.kv_cache_bytes(tokens, dtype_bytes) / 2**10})
+        prefill_calls.append(_timed(model, settings if keep != 1.0 else None, lambda p=prepared: model(**p.kwargs)))
+        first_token_calls.append(_timed(model, settings if keep != 1.0 else None,
+                                        lambda: model.generate(**inputs, max_new_tokens=1, do_sample=False)))
+    with torch.inference_mode():
+        rounds = time_rounds(prefill_calls + first_token_calls, warmup=config.warmup, repeats=config.repeats,
+                             device=device, desc="vlm bench")
+    videotome.unpatch(model)
+    count = len(keeps)
+    for index, row in enumerate(rows):
+        prefill, first = rounds[index], rounds[count + index]
+        row["prefill_ms"] = 1e3 * statistics.median(prefill)
+        row["first_token_ms"] = 1e3 * statistics.median(first)
+        row["prefill_speedup"] = statistics.median(a / b for a, b in zip(rounds[0], prefill))
+        row["first_token_speedup"] = statistics.median(a / b for a, b in zip(rounds[count], first))
+    return {"model": config.model, "frames": config.frames, "device": str(device), "rows": rows,
+            "analytic_7b": analytic_rows(MODELS_7B, frames=(config.frames,), keeps=keeps)}
+
+
+def _prop_attn(model: nn.Module) -> bool:
+    """Whether the patched model runs proportional attention (its record says)."""
+    from .models import VLMPatch
+
+    return next(value.prop_attn for value in vars(model).values() if isinstance(value, VLMPatch))
+
+
+def _timed(model: nn.Module, settings: VideoMergeSettings | None, call):
+    """``call`` on the model patched with ``settings`` (unpatched when None), patched afresh each time so that the
+    interleaved calls of different shares do not share a patch."""
+    import videotome
+
+    def run() -> object:
+        if settings is None:
+            videotome.unpatch(model)
+        else:
+            videotome.patch(model, settings)
+        return call()
+
+    return run
+
+
+def format_bench(result: dict[str, object]) -> str:
+    """The measured rows and the 7B counts as two Markdown tables."""
+    lines = [f"{result['model']}, {result['frames']} frames, {result['device']}:", "",
+             "| keep | visual tokens | sequence | prefill ms | speedup | first token ms | speedup | GFLOPs | KV cache KiB |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in result["rows"]:
+        lines.append(f"| {row['keep']:g} | {row['visual_tokens']} | {row['sequence']} | {row['prefill_ms']:.1f} | "
+                     f"{row['prefill_speedup']:.2f}x | {row['first_token_ms']:.1f} | {row['first_token_speedup']:.2f}x | "
+                     f"{row['gflops']:.3f} | {row['kv_cache_kib']:.0f} |")
+    lines += ["", "At the 7B models' sizes (analytic; 64 prompt tokens, bfloat16 cache):", "",
+              "| model | keep | sequence | prefill TFLOPs | of keep 1 | KV cache MiB |", "|---|---|---|---|---|---|"]
+    for row in result["analytic_7b"]:
+        lines.append(f"| {row['model']} | {row['keep']:g} | {row['tokens']} | {row['tflops']:.2f} | "
+                     f"{row['flop_ratio']:.3f} | {row['kv_cache_mib']:.1f} |")
+    return "\n".join(lines)
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``videotome vlm bench``."""
+    group = subparsers.add_parser("vlm", help="video-LLMs: visual tokens reduced before the language model")
+    commands = group.add_subparsers(dest="vlm_command", required=True, metavar="COMMAND")
+    bench = commands.add_parser("bench", help="prefill, first token, FLOPs and KV cache against the kept share")
+    add_options(bench, VLMBenchConfig, exclude=("keep",))
+    bench.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
+    bench.set_defaults(func=_bench_command)
+
+
+def _bench_command(args: argparse.Namespace) -> int:
+    result = run_vlm_bench(from_args(VLMBenchConfig, args))
+    print(json.dumps(result, indent=2) if args.json else format_bench(result))
+    return 0
