@@ -56,11 +56,19 @@ SMALL: dict[str, dict[str, str | None]] = {
     "vtm eval": {},
     "finetune": {"--epochs": "1", "--batch-size": "8", "--workers": "0", "--no-progress": None},
     "visualize": {"--no-progress": None},
+    "vlm bench": {"--repeats": "1", "--warmup": "0", "--device": "cpu"},
     "vtm bench": {"--repeats": "1", "--warmup": "0", "--shape": "12 16 64", "--windows": "2 6 12", "--device": "cpu"},
 }
 #: the main user paths: each must run at least once somewhere in the docs
 REQUIRED = tuple(SMALL)
 TIMEOUT_S = 300
+
+
+def tiny_vlms() -> tuple[str, ...]:
+    """The built-in tiny video-LLMs ``videotome vlm bench`` runs without downloads."""
+    from videotome.vlm.tiny import TINY_MODELS
+
+    return tuple(TINY_MODELS)
 
 
 @dataclass
@@ -236,6 +244,8 @@ def decide(command: Command, parser: argparse.ArgumentParser, workdir: Path) -> 
             return "skip", "a built-in base-size model at 224 pixels: over a minute on 2 CPU cores (tests/test_bench.py)"
         if not model.startswith(TESTBED_CHECKPOINTS):
             return "skip", "needs a local checkpoint directory"
+    if words == "vlm bench" and (option(tokens, "--model") or [""])[0] not in tiny_vlms():
+        return "skip", "needs a local video-LLM directory (only the built-in tiny models run)"
     if words == "visualize":
         model, video = (option(tokens, "--model") or [""])[0], (option(tokens, "--video") or [""])[0]
         if not model.startswith(("testbed:", TESTBED_CHECKPOINTS)):
