@@ -224,12 +224,14 @@ def decide(command: Command, parser: argparse.ArgumentParser, workdir: Path) -> 
         return "skip", "a synopsis with placeholders, not a command"
     tokens = split_words(text)
     words, _, _ = command_words(tokens, parser)
-    if words not in SMALL and words != "features extract":
+    if words not in SMALL and words not in ("features extract", "vlm generate"):
         return "fail", f"no rule in .ci/docs_check.py for `videotome {words}`"
     if any(value.startswith("cuda") for value in option(tokens, "--device")):
         return "skip", "needs a GPU"
     if words == "features extract":
         return "skip", "needs an image backbone checkpoint and a directory of videos"
+    if words == "vlm generate":
+        return "skip", "needs a local video-LLM directory with real weights (tests/test_vlm_commands.py runs a tiny one)"
     if words == "demo" and "--full" in tokens:
         return "skip", "--full: the same code as the default demo over many more settings; too long for CI"
     if words in ("eval", "sweep"):

@@ -51,3 +51,66 @@ def test_a_keep_outside_the_range_is_refused_by_the_parser(capsys) -> None:
         main(["vlm", "bench", "--model", "tiny-qwen2.5-vl", "--keep", "1.5"])
     assert exit_info.value.code == 2
     assert "keep=1.5 must be a share of the visual tokens in (0, 1]" in capsys.readouterr().err
+
+
+def _write_video(path, frames: int = 8) -> None:
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=8)
+        stream.width = stream.height = 64
+        stream.pix_fmt = "yuv420p"
+        for index in range(frames):
+            image = np.full((64, 64, 3), 20 * index, dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+class _Processor:
+    """A stand-in for a real processor (no tokenizer is reachable offline): the tiny model's inputs for any video."""
+
+    def __init__(self, model) -> None:
+        self.model, self.videos = model, []
+
+    def apply_chat_template(self, messages, add_generation_prompt: bool) -> str:
+        return messages[0]["content"][1]["text"]
+
+    def __call__(self, text, videos, return_tensors):
+        from transformers import BatchFeature
+
+        from videotome.vlm.tiny import video_inputs
+
+        self.videos.append(videos[0])
+        return BatchFeature(video_inputs(self.model, frames=4))
+
+    def batch_decode(self, ids, skip_special_tokens: bool) -> list[str]:
+        return [" ".join(map(str, row.tolist())) for row in ids]
+
+
+def test_generate_answers_with_and_without_the_reduction(tmp_path, monkeypatch, capsys) -> None:
+    from transformers import AutoProcessor
+
+    model = tiny_model("tiny-llava-onevision")
+    model.save_pretrained(tmp_path / "model")
+    processor = _Processor(model)
+    monkeypatch.setattr(AutoProcessor, "from_pretrained", lambda *args, **kwargs: processor)
+    _write_video(tmp_path / "clip.mp4")
+    code = main(["vlm", "generate", "--model", str(tmp_path / "model"), "--video", str(tmp_path / "clip.mp4"),
+                 "--prompt", "what happens?", "--keep", "1", "--frames", "4", "--max-new-tokens", "3"])
+    assert code == 0
+    out = capsys.readouterr().out.splitlines()
+    # four decoded frames reached the processor; keep=1 answers exactly as the unreduced model
+    assert len(processor.videos[0]) == 4 and processor.videos[0][0].shape[-1] == 3
+    assert out[0].startswith("unreduced:") and out[2].startswith("reduced:") and out[1] == out[3]
+    assert "3 tokens" in out[0] and "visual tokens" in "\n".join(out[4:])
+
+
+def test_generate_refuses_a_missing_video_in_one_line(tmp_path, capsys) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    assert main(["vlm", "generate", "--model", str(tmp_path), "--video", str(tmp_path / "none.mp4"),
+                 "--prompt", "q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "missing video" in err and len(err.splitlines()) == 1

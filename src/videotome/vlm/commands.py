@@ -1,4 +1,4 @@
-"""``videotome vlm bench``: what reducing a video's visual tokens saves in a video-LLM's language model, measured.
+"""``videotome vlm bench`` and ``vlm generate``: what reducing a video's visual tokens saves in a video-LLM's language model, measured.
 
 Per kept share: the language model's prefill over the prepared inputs (the video already encoded and reduced, so
 the time is the language model's alone), the time to the first token of ``generate`` from the processor's inputs
@@ -6,6 +6,9 @@ the time is the language model's alone), the time to the first token of ``genera
 (:mod:`videotome.vlm.cost`). The unreduced model and every share are timed in one process, interleaved round by
 round (:func:`videotome.measure.time_rounds`), so their ratios share the machine's load. The same counts at the
 7B models' sizes follow, analytically.
+
+``videotome vlm generate`` answers a prompt about a real video with real weights from a local directory, with and
+without the reduction, side by side with their timings.
 """
 
 from __future__ import annotations
@@ -158,17 +161,83 @@ def format_bench(result: dict[str, object]) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class VLMGenerateConfig:
+    """What ``videotome vlm generate`` runs: a local model directory, a video, a prompt, the reduction."""
+
+    model: str = field(metadata={"help": "a local video-LLM directory (model and processor files)"})
+    video: str = field(metadata={"help": "a video file (decoded with PyAV)"})
+    prompt: str = field(metadata={"help": "the question about the video"})
+    merge: VideoMergeSettings = field(default_factory=VideoMergeSettings, metadata={"help": "reduction settings"})
+    frames: int = field(default=8, metadata={"help": "frames sampled uniformly over the video"})
+    max_new_tokens: int = field(default=64, metadata={"help": "the longest answer, in tokens"})
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda or cuda:N (default: cuda when available)"})
+
+    def __post_init__(self) -> None:
+        for name in ("frames", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
+
+
+def run_vlm_generate(config: VLMGenerateConfig) -> dict[str, object]:
+    """The answer and its seconds without and with the reduction (greedy, the same inputs)."""
+    import time
+
+    from transformers import AutoProcessor
+
+    import videotome
+
+    from ..evaluation.video import SamplingConfig, read_clip
+    from ..measure import synchronize
+
+    if not (Path(config.model) / "config.json").is_file():
+        raise ValueError(f"--model {config.model!r} is not a local model directory (no config.json)")
+    frames = read_clip(config.video, SamplingConfig(config.frames, "uniform"))
+    device = resolve_device(config.device)
+    model = load_model(config.model).to(device)
+    processor = AutoProcessor.from_pretrained(config.model, local_files_only=True)
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": config.prompt}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = processor(text=[text], videos=[list(frames)], return_tensors="pt").to(device)
+    length = inputs["input_ids"].shape[1]
+    answers = {}
+    for name, settings in (("unreduced", None), ("reduced", config.merge)):
+        videotome.unpatch(model) if settings is None else videotome.patch(model, settings)
+        synchronize(device)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(**inputs, max_new_tokens=config.max_new_tokens, do_sample=False)
+        synchronize(device)
+        answers[name] = {"answer": processor.batch_decode(out[:, length:], skip_special_tokens=True)[0].strip(),
+                         "seconds": time.perf_counter() - start, "new_tokens": out.shape[1] - length}
+    answers["plan"] = str(videotome.plan(model))
+    videotome.unpatch(model)
+    return answers
+
+
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``videotome vlm bench``."""
+    """Add ``videotome vlm bench`` and ``vlm generate``."""
     group = subparsers.add_parser("vlm", help="video-LLMs: visual tokens reduced before the language model")
     commands = group.add_subparsers(dest="vlm_command", required=True, metavar="COMMAND")
     bench = commands.add_parser("bench", help="prefill, first token, FLOPs and KV cache against the kept share")
     add_options(bench, VLMBenchConfig, exclude=("keep",))
     bench.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
     bench.set_defaults(func=_bench_command)
+    generate = commands.add_parser("generate", help="an answer about a video with and without the reduction")
+    add_options(generate, VLMGenerateConfig)
+    generate.set_defaults(func=_generate_command)
 
 
 def _bench_command(args: argparse.Namespace) -> int:
     result = run_vlm_bench(from_args(VLMBenchConfig, args))
     print(json.dumps(result, indent=2) if args.json else format_bench(result))
+    return 0
+
+
+def _generate_command(args: argparse.Namespace) -> int:
+    result = run_vlm_generate(from_args(VLMGenerateConfig, args))
+    for name in ("unreduced", "reduced"):
+        run = result[name]
+        print(f"{name}: {run['seconds']:.2f} s, {run['new_tokens']} tokens\n  {run['answer']}")
+    print(result["plan"])
     return 0
