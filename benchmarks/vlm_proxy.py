@@ -97,11 +97,14 @@ def run(model: nn.Module, features: Tensor, method: Method | None, keep: float, 
         kept, reduction = reduce_video(patches, settings, generator=torch.Generator().manual_seed(0))
         size = reduction.size
     size = torch.cat([torch.ones(frames), size]).unsqueeze(0)
-    x = language_model(model, torch.cat([cls, kept]).unsqueeze(0), size, layers, method is not None and method.prop_attn)
+    prop_attn = method is not None and method.prop_attn
+    x = language_model(model, torch.cat([cls, kept]).unsqueeze(0), size, layers, prop_attn)
     return weighted_mean(x[:, frames:], size[:, frames:, None])[0], x[0, :frames].mean(0)
 
 
-def compare(model: nn.Module, pixels: Tensor, keeps: tuple[float, ...] = KEEPS, layers: int = TOWER_LAYERS) -> list[dict]:
+def compare(
+    model: nn.Module, pixels: Tensor, keeps: tuple[float, ...] = KEEPS, layers: int = TOWER_LAYERS
+) -> list[dict]:
     """For every method and kept share, how close the pooled outputs come to the unreduced ones."""
     with torch.inference_mode():
         features = tower(model, pixels, layers)
@@ -125,7 +128,8 @@ def table(rows: list[dict]) -> str:
              "|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['method']} | {row['keep']} | {row['patch_mean_cosine']:.4f} | "
-                     f"{row['patch_mean_rel_error']:.4f} | {row['cls_mean_cosine']:.4f} | {row['cls_mean_rel_error']:.4f} |")
+                     f"{row['patch_mean_rel_error']:.4f} | {row['cls_mean_cosine']:.4f} | "
+                     f"{row['cls_mean_rel_error']:.4f} |")
     return "\n".join(lines)
 
 

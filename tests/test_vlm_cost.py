@@ -42,7 +42,8 @@ def test_a_multimodal_config_is_read_through_its_text_config() -> None:
     from transformers import Qwen2_5_VLConfig
 
     config = Qwen2_5_VLConfig(text_config=dict(_TINY))
-    assert LanguageModelShape.of(config) == LanguageModelShape(**_TINY, head_dim=getattr(config.get_text_config(), "head_dim", None))
+    head_dim = getattr(config.get_text_config(), "head_dim", None)
+    assert LanguageModelShape.of(config) == LanguageModelShape(**_TINY, head_dim=head_dim)
 
 
 def test_the_7b_models_visual_tokens() -> None:

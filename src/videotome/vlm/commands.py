@@ -1,4 +1,4 @@
-"""``videotome vlm bench`` and ``vlm generate``: what reducing a video's visual tokens saves in a video-LLM's language model, measured.
+"""``videotome vlm bench`` and ``vlm generate``: what reducing a video's visual tokens saves in a video-LLM.
 
 Per kept share: the language model's prefill over the prepared inputs (the video already encoded and reduced, so
 the time is the language model's alone), the time to the first token of ``generate`` from the processor's inputs
@@ -25,7 +25,7 @@ from torch import nn
 from ..measure import resolve_device, time_rounds
 from ..options import add_options, from_args
 from .cost import MODELS_7B, LanguageModelShape, analytic_rows
-from .models import prepare
+from .models import _record, prepare
 from .reduce import VideoMergeSettings, read_keep, video_settings
 from .tiny import TINY_MODELS, tiny_model, video_inputs
 
@@ -97,7 +97,7 @@ def run_vlm_bench(config: VLMBenchConfig) -> dict[str, object]:
             prepared = prepare(model, inputs, settings)
         else:
             videotome.patch(model, settings)
-            prepared = prepare(model, inputs, settings, prop_attn=_prop_attn(model))
+            prepared = prepare(model, inputs, settings, prop_attn=_record(model).prop_attn)
         videotome.unpatch(model)
         tokens = prepared.kwargs["input_ids"].shape[1]
         visual = sum(video.reduction.size.numel() for video in prepared.videos)
@@ -122,13 +122,6 @@ def run_vlm_bench(config: VLMBenchConfig) -> dict[str, object]:
             "analytic_7b": analytic_rows(MODELS_7B, frames=(config.frames,), keeps=keeps)}
 
 
-def _prop_attn(model: nn.Module) -> bool:
-    """Whether the patched model runs proportional attention (its record says)."""
-    from .models import VLMPatch
-
-    return next(value.prop_attn for value in vars(model).values() if isinstance(value, VLMPatch))
-
-
 def _timed(model: nn.Module, settings: VideoMergeSettings | None, call):
     """``call`` on the model patched with ``settings`` (unpatched when None), patched afresh each time so that the
     interleaved calls of different shares do not share a patch."""
@@ -147,12 +140,13 @@ def _timed(model: nn.Module, settings: VideoMergeSettings | None, call):
 def format_bench(result: dict[str, object]) -> str:
     """The measured rows and the 7B counts as two Markdown tables."""
     lines = [f"{result['model']}, {result['frames']} frames, {result['device']}:", "",
-             "| keep | visual tokens | sequence | prefill ms | speedup | first token ms | speedup | GFLOPs | KV cache KiB |",
+             "| keep | visual tokens | sequence | prefill ms | speedup | first token ms | speedup | GFLOPs | "
+             "KV cache KiB |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in result["rows"]:
         lines.append(f"| {row['keep']:g} | {row['visual_tokens']} | {row['sequence']} | {row['prefill_ms']:.1f} | "
-                     f"{row['prefill_speedup']:.2f}x | {row['first_token_ms']:.1f} | {row['first_token_speedup']:.2f}x | "
-                     f"{row['gflops']:.3f} | {row['kv_cache_kib']:.0f} |")
+                     f"{row['prefill_speedup']:.2f}x | {row['first_token_ms']:.1f} | "
+                     f"{row['first_token_speedup']:.2f}x | {row['gflops']:.3f} | {row['kv_cache_kib']:.0f} |")
     lines += ["", "At the 7B models' sizes (analytic; 64 prompt tokens, bfloat16 cache):", "",
               "| model | keep | sequence | prefill TFLOPs | of keep 1 | KV cache MiB |", "|---|---|---|---|---|---|"]
     for row in result["analytic_7b"]:
