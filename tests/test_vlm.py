@@ -93,7 +93,7 @@ def test_a_batch_with_left_padding_equals_each_video_alone(model_name: str) -> N
 def _single(model: torch.nn.Module, inputs: dict, row: int) -> dict:
     """One sample of a batch as the processor would make it alone (no padding)."""
     valid = inputs["attention_mask"][row].bool()
-    alone = {"input_ids": inputs["input_ids"][row, valid][None], "attention_mask": inputs["attention_mask"][row, valid][None]}
+    alone = {key: inputs[key][row, valid][None] for key in ("input_ids", "attention_mask")}
     if "video_grid_thw" in inputs:
         patches = int(inputs["video_grid_thw"][row].prod())
         alone["pixel_values_videos"] = inputs["pixel_values_videos"][row * patches:(row + 1) * patches]
@@ -161,7 +161,8 @@ def test_an_attention_without_a_float_bias_warns_and_runs_without_it() -> None:
 @pytest.mark.parametrize(
     ("call", "error", "message"),
     [
-        (lambda m, i: videotome.patch(m, keep=0), ValueError, r"keep=0 must be a share of the visual tokens in \(0, 1\]"),
+        (lambda m, i: videotome.patch(m, keep=0), ValueError,
+         r"keep=0 must be a share of the visual tokens in \(0, 1\]"),
         (lambda m, i: videotome.patch(m, keep=1.5), ValueError, r"keep=1.5 must be"),
         (lambda m, i: videotome.patch(m, r=1.0), ValueError, r"r=1.0: on a video-LLM r is the share"),
         (lambda m, i: videotome.patch(m, keep=0.5, flops=0.5), ValueError, r"a video-LLM takes keep="),

@@ -26,7 +26,8 @@ def _llava_onevision() -> nn.Module:
     from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
 
     config = LlavaOnevisionConfig(
-        vision_config={"model_type": "siglip_vision_model", **{k: v for k, v in _CLIP.items() if k != "projection_dim"}},
+        vision_config={"model_type": "siglip_vision_model",
+                       **{k: v for k, v in _CLIP.items() if k != "projection_dim"}},
         text_config={"model_type": "qwen2", **_TEXT}, image_token_index=IMAGE, video_token_index=VIDEO,
         vision_feature_layer=-1, vision_feature_select_strategy="full")
     return LlavaOnevisionForConditionalGeneration(config)
