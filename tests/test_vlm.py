@@ -206,3 +206,29 @@ def test_qwen3_deepstack_features_are_reduced_over_the_same_groups() -> None:
         main = torch.stack([full.pooler_output[video][assignment == k].mean(0)
                             for k in range(record.reduction.size.numel())])
         torch.testing.assert_close(reduced.pooler_output[video], main)  # the features: size-weighted means too
+
+
+@pytest.mark.parametrize("name", ["tiny-llava-onevision", "tiny-qwen2-vl"])
+def test_positional_input_ids_are_reduced_like_keywords(name: str) -> None:
+    model, inputs = _fresh(name)
+    videotome.patch(model, keep=0.25)
+    rest = {key: value for key, value in inputs.items() if key != "input_ids"}
+    with torch.no_grad():
+        assert torch.equal(model(inputs["input_ids"], **rest).logits, model(**inputs).logits)
+    assert torch.equal(_generate(model, {"inputs": inputs["input_ids"], **rest}), _generate(model, inputs))
+    with torch.no_grad(), pytest.raises(TypeError):
+        model(inputs["input_ids"], **inputs)  # input_ids twice: Python's own error, as without the patch
+
+
+@pytest.mark.parametrize(("strategy", "mode"), [(s, "joint") for s in videotome.vlm.VLM_STRATEGIES]
+                         + [("merge", "per_frame")])
+def test_every_strategy_and_mode_keeps_the_budget_through_the_model(strategy: str, mode: str) -> None:
+    model, inputs = _fresh("tiny-llava-next-video")
+    with torch.no_grad():
+        first = videotome.patch(model, r=0.75, strategy=strategy, mode=mode)(**inputs).logits
+        again = videotome.patch(model, keep=0.25, strategy=strategy, mode=mode)(**inputs).logits
+    assert torch.equal(first, again)  # r is the share removed: the same setting; random strategies are seeded
+    for frames, rows, cols, kept in videotome.plan(model).videos:
+        assert kept == budget(rows * cols, frames, 0.25, mode)
+    held = videotome.sources(model)[0].sum(0)
+    assert held.eq(1).all() if "merge" in strategy else held.sum() == budget(4, 4, 0.25, mode)

@@ -394,14 +394,30 @@ def _record(model: nn.Module) -> VLMPatch:
     return next(value for value in vars(model).values() if isinstance(value, VLMPatch))
 
 
+def _as_keywords(function: Any, self: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The call's positional arguments named by ``function``'s signature, so that ``model(input_ids, ...)`` is
+    reduced like ``model(input_ids=..., ...)``; a call that does not fit the signature gets Python's own error."""
+    if not args:
+        return kwargs
+    signature = inspect.signature(function)
+    named: dict[str, Any] = {}
+    for name, value in list(signature.bind(self, *args, **kwargs).arguments.items())[1:]:
+        kind = signature.parameters[name].kind
+        if kind is inspect.Parameter.VAR_POSITIONAL:
+            raise TypeError(f"{function.__qualname__} got {len(value)} positional arguments more than it names")
+        named.update(value if kind is inspect.Parameter.VAR_KEYWORD else {name: value})
+    return named
+
+
 def _forward(self: nn.Module, *args: Any, videotome_log_size: Tensor | None = None, **kwargs: Any) -> Any:
     """A patched video-LLM's forward: inputs with video pixels are reduced first; anything else (generate's own
     steps, which carry the reduced features) goes to the class's forward unchanged. The logits cover the reduced
     sequence. ``videotome_log_size`` (named here so that generate accepts it) carries the sizes to the attention."""
     if videotome_log_size is not None:
         kwargs[LOG_SIZE_KEY] = videotome_log_size
-    if args or kwargs.get("pixel_values_videos") is None:
-        return type(self).forward(self, *args, **kwargs)
+    kwargs = _as_keywords(type(self).forward, self, args, kwargs)
+    if kwargs.get("pixel_values_videos") is None:
+        return type(self).forward(self, **kwargs)
     record = _record(self)
     prepared = prepare(self, kwargs, record.settings, prop_attn=record.prop_attn)
     record.last = prepared.videos
@@ -411,8 +427,11 @@ def _forward(self: nn.Module, *args: Any, videotome_log_size: Tensor | None = No
 def _generate(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
     """A patched video-LLM's generate: the reduced prompt goes to the class's generate, and the output starts with
     the caller's own prompt ids, so ``out[:, prompt_length:]`` is the answer as without merging."""
-    if args or kwargs.get("pixel_values_videos") is None:
-        return type(self).generate(self, *args, **kwargs)
+    kwargs = _as_keywords(type(self).generate, self, args, kwargs)
+    if kwargs.get("inputs") is not None:  # generate's first parameter: the prompt ids of a decoder-only model
+        kwargs["input_ids"] = kwargs.pop("inputs")
+    if kwargs.get("pixel_values_videos") is None:
+        return type(self).generate(self, **kwargs)
     record = _record(self)
     prepared = prepare(self, kwargs, record.settings, prop_attn=record.prop_attn, generate=True)
     record.last = prepared.videos
