@@ -232,3 +232,22 @@ def test_every_strategy_and_mode_keeps_the_budget_through_the_model(strategy: st
         assert kept == budget(rows * cols, frames, 0.25, mode)
     held = videotome.sources(model)[0].sum(0)
     assert held.eq(1).all() if "merge" in strategy else held.sum() == budget(4, 4, 0.25, mode)
+
+
+def test_text_and_special_tokens_around_the_video_are_kept_as_they_are(model_name: str) -> None:
+    model, inputs = _fresh(model_name)
+    prepared = prepare(model, inputs, keep=0.25)
+    ids = inputs["input_ids"]
+    for row in range(ids.shape[0]):
+        others = ids[row] != VIDEO  # text, padding, vision start/end, Qwen3's timestamps
+        kept = torch.zeros_like(others)
+        kept[prepared.kept[row]] = True
+        assert kept[others].all()
+        assert torch.equal(prepared.kwargs["input_ids"][row][~(prepared.kwargs["input_ids"][row] == VIDEO)],
+                           ids[row][others])
+    if model_name == "tiny-llava-onevision":  # the video's closing newline token is protected: its feature as is
+        with torch.no_grad():
+            full = model.model.get_video_features(pixel_values_videos=inputs["pixel_values_videos"],
+                                                  return_dict=True).pooler_output
+        reduced = prepared.kwargs["mm_encoder_outputs"]["video"].pooler_output
+        assert torch.equal(reduced[:, -1], full.reshape(2, -1, full.shape[-1])[:, -1])
