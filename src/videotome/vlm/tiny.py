@@ -59,8 +59,7 @@ def _qwen_vision(**more: object) -> dict[str, object]:
 
 
 def _qwen_text(sections: list[int]) -> dict[str, object]:
-    text = {k: v for k, v in _TEXT.items() if k not in ("bos_token_id",)}
-    return {**text, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": sections}}
+    return {**_TEXT, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": sections}}
 
 
 def _qwen_ids() -> dict[str, int]:
