@@ -108,6 +108,7 @@ def _single(model: torch.nn.Module, inputs: dict, row: int) -> dict:
 def test_qwen_positions_are_the_models_own_for_the_kept_tokens(name: str) -> None:
     model, inputs = _fresh(name)
     prepared = prepare(model, inputs, VideoMergeSettings(keep=0.25), generate=True)
+    assert model.model.rope_deltas is None  # prepare leaves the model's own per-call state as it was
     own, _ = model.model.get_rope_index(inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
                                         video_grid_thw=inputs["video_grid_thw"],
                                         attention_mask=inputs["attention_mask"])

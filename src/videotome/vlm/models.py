@@ -265,8 +265,19 @@ def _full_positions(model: nn.Module, family: Family, inputs: Mapping[str, Any],
         return inputs["position_ids"]
     input_ids = inputs["input_ids"]
     if generate or family.position_kind != "1-D":
-        return model._prepare_position_ids_for_generation(input_ids, dict(inputs))
+        return _own_positions(model, input_ids, inputs)
     return torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+
+
+def _own_positions(model: nn.Module, input_ids: Tensor, inputs: Mapping[str, Any]) -> Tensor:
+    """The positions generate itself would give ``input_ids``; the M-RoPE classes' ``rope_deltas``, which that call
+    stores on the model, is put back, so that :func:`prepare` leaves the model as it was."""
+    stored = getattr(model.base_model, "rope_deltas", None)
+    try:
+        return model._prepare_position_ids_for_generation(input_ids, dict(inputs))
+    finally:
+        if hasattr(model.base_model, "rope_deltas"):
+            model.base_model.rope_deltas = stored
 
 
 def _replace(extra: Tensor, flat: Tensor, reduction: VideoReduction, run_keep: Tensor) -> Tensor:
@@ -284,7 +295,7 @@ def _positions(model: nn.Module, family: Family, settings: VideoMergeSettings, f
         if family.position_kind != "1-D":
             raise ValueError(f"positions='compact' needs 1-D positions; {type(model).__name__} uses M-RoPE, whose "
                              f"3-D index cannot be computed for a shortened video")
-        return model._prepare_position_ids_for_generation(kwargs["input_ids"], dict(kwargs))
+        return _own_positions(model, kwargs["input_ids"], kwargs)
     if full.dim() == 2:
         return full.gather(1, kept)
     return full.gather(2, kept.unsqueeze(0).expand(full.shape[0], -1, -1))
