@@ -99,6 +99,8 @@ def _single(model: torch.nn.Module, inputs: dict, row: int) -> dict:
         alone["pixel_values_videos"] = inputs["pixel_values_videos"][row * patches:(row + 1) * patches]
         alone["video_grid_thw"] = inputs["video_grid_thw"][row:row + 1]
         alone["mm_token_type_ids"] = inputs["mm_token_type_ids"][row, valid][None]
+        if "second_per_grid_ts" in inputs:
+            alone["second_per_grid_ts"] = inputs["second_per_grid_ts"][row:row + 1]
     else:
         alone["pixel_values_videos"] = inputs["pixel_values_videos"][row:row + 1]
     return alone
@@ -111,7 +113,8 @@ def test_qwen_positions_are_the_models_own_for_the_kept_tokens(name: str) -> Non
     assert model.model.rope_deltas is None  # prepare leaves the model's own per-call state as it was
     own, _ = model.model.get_rope_index(inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
                                         video_grid_thw=inputs["video_grid_thw"],
-                                        attention_mask=inputs["attention_mask"])
+                                        attention_mask=inputs["attention_mask"],
+                                        **{k: inputs[k] for k in ("second_per_grid_ts",) if k in inputs})
     kept = prepared.kept.unsqueeze(0).expand(3, -1, -1)
     assert torch.equal(prepared.kwargs["position_ids"][-3:], own.gather(2, kept))
     with pytest.raises(ValueError, match="positions='compact' needs 1-D positions"):

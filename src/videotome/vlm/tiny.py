@@ -163,6 +163,8 @@ def video_inputs(
         inputs["pixel_values_videos"] = torch.randn(batch * patches, channels, generator=generator)
         inputs["video_grid_thw"] = torch.tensor([[frames // vision.temporal_patch_size, side, side]] * batch)
         inputs["mm_token_type_ids"] = (input_ids == VIDEO).long() * 2
+        if model.config.model_type == "qwen2_5_vl":  # seconds per temporal patch: 2 frames at 4 fps
+            inputs["second_per_grid_ts"] = torch.full((batch,), 0.5)
     else:
         inputs["pixel_values_videos"] = torch.randn(batch, frames, 3, image_size, image_size, generator=generator)
     return inputs
