@@ -255,3 +255,16 @@ def test_text_and_special_tokens_around_the_video_are_kept_as_they_are(model_nam
                                                   return_dict=True).pooler_output
         reduced = prepared.kwargs["mm_encoder_outputs"]["video"].pooler_output
         assert torch.equal(reduced[:, -1], full.reshape(2, -1, full.shape[-1])[:, -1])
+
+
+@pytest.mark.parametrize("name", ["tiny-llava-onevision", "tiny-qwen3-vl"])
+def test_bfloat16_models_run_reduced_and_keep_one_is_still_exact(name: str) -> None:
+    model, inputs = _fresh(name)
+    model.to(torch.bfloat16)
+    inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(torch.bfloat16)
+    logits, generated = _outputs(model, inputs)
+    videotome.patch(model, keep=1.0)
+    assert all(torch.equal(a, b) for a, b in zip(_outputs(model, inputs), (logits, generated)))
+    videotome.patch(model, keep=0.25)  # proportional attention's bias in the model's dtype
+    merged, _ = _outputs(model, inputs)
+    assert merged.dtype == torch.bfloat16 and merged.isfinite().all()
