@@ -93,12 +93,14 @@ def test_a_batch_with_left_padding_equals_each_video_alone(model_name: str) -> N
 def _single(model: torch.nn.Module, inputs: dict, row: int) -> dict:
     """One sample of a batch as the processor would make it alone (no padding)."""
     valid = inputs["attention_mask"][row].bool()
-    alone = {"input_ids": inputs["input_ids"][row, valid][None], "attention_mask": inputs["attention_mask"][row, valid][None]}
+    alone = {key: inputs[key][row, valid][None] for key in ("input_ids", "attention_mask")}
     if "video_grid_thw" in inputs:
         patches = int(inputs["video_grid_thw"][row].prod())
         alone["pixel_values_videos"] = inputs["pixel_values_videos"][row * patches:(row + 1) * patches]
         alone["video_grid_thw"] = inputs["video_grid_thw"][row:row + 1]
         alone["mm_token_type_ids"] = inputs["mm_token_type_ids"][row, valid][None]
+        if "second_per_grid_ts" in inputs:
+            alone["second_per_grid_ts"] = inputs["second_per_grid_ts"][row:row + 1]
     else:
         alone["pixel_values_videos"] = inputs["pixel_values_videos"][row:row + 1]
     return alone
@@ -108,9 +110,11 @@ def _single(model: torch.nn.Module, inputs: dict, row: int) -> dict:
 def test_qwen_positions_are_the_models_own_for_the_kept_tokens(name: str) -> None:
     model, inputs = _fresh(name)
     prepared = prepare(model, inputs, VideoMergeSettings(keep=0.25), generate=True)
+    assert model.model.rope_deltas is None  # prepare leaves the model's own per-call state as it was
     own, _ = model.model.get_rope_index(inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
                                         video_grid_thw=inputs["video_grid_thw"],
-                                        attention_mask=inputs["attention_mask"])
+                                        attention_mask=inputs["attention_mask"],
+                                        **{k: inputs[k] for k in ("second_per_grid_ts",) if k in inputs})
     kept = prepared.kept.unsqueeze(0).expand(3, -1, -1)
     assert torch.equal(prepared.kwargs["position_ids"][-3:], own.gather(2, kept))
     with pytest.raises(ValueError, match="positions='compact' needs 1-D positions"):
@@ -161,7 +165,8 @@ def test_an_attention_without_a_float_bias_warns_and_runs_without_it() -> None:
 @pytest.mark.parametrize(
     ("call", "error", "message"),
     [
-        (lambda m, i: videotome.patch(m, keep=0), ValueError, r"keep=0 must be a share of the visual tokens in \(0, 1\]"),
+        (lambda m, i: videotome.patch(m, keep=0), ValueError,
+         r"keep=0 must be a share of the visual tokens in \(0, 1\]"),
         (lambda m, i: videotome.patch(m, keep=1.5), ValueError, r"keep=1.5 must be"),
         (lambda m, i: videotome.patch(m, r=1.0), ValueError, r"r=1.0: on a video-LLM r is the share"),
         (lambda m, i: videotome.patch(m, keep=0.5, flops=0.5), ValueError, r"a video-LLM takes keep="),
@@ -205,3 +210,61 @@ def test_qwen3_deepstack_features_are_reduced_over_the_same_groups() -> None:
         main = torch.stack([full.pooler_output[video][assignment == k].mean(0)
                             for k in range(record.reduction.size.numel())])
         torch.testing.assert_close(reduced.pooler_output[video], main)  # the features: size-weighted means too
+
+
+@pytest.mark.parametrize("name", ["tiny-llava-onevision", "tiny-qwen2-vl"])
+def test_positional_input_ids_are_reduced_like_keywords(name: str) -> None:
+    model, inputs = _fresh(name)
+    videotome.patch(model, keep=0.25)
+    rest = {key: value for key, value in inputs.items() if key != "input_ids"}
+    with torch.no_grad():
+        assert torch.equal(model(inputs["input_ids"], **rest).logits, model(**inputs).logits)
+    assert torch.equal(_generate(model, {"inputs": inputs["input_ids"], **rest}), _generate(model, inputs))
+    with torch.no_grad(), pytest.raises(TypeError):
+        model(inputs["input_ids"], **inputs)  # input_ids twice: Python's own error, as without the patch
+
+
+@pytest.mark.parametrize(("strategy", "mode"), [(s, "joint") for s in videotome.vlm.VLM_STRATEGIES]
+                         + [("merge", "per_frame")])
+def test_every_strategy_and_mode_keeps_the_budget_through_the_model(strategy: str, mode: str) -> None:
+    model, inputs = _fresh("tiny-llava-next-video")
+    with torch.no_grad():
+        first = videotome.patch(model, r=0.75, strategy=strategy, mode=mode)(**inputs).logits
+        again = videotome.patch(model, keep=0.25, strategy=strategy, mode=mode)(**inputs).logits
+    assert torch.equal(first, again)  # r is the share removed: the same setting; random strategies are seeded
+    for frames, rows, cols, kept in videotome.plan(model).videos:
+        assert kept == budget(rows * cols, frames, 0.25, mode)
+    held = videotome.sources(model)[0].sum(0)
+    assert held.eq(1).all() if "merge" in strategy else held.sum() == budget(4, 4, 0.25, mode)
+
+
+def test_text_and_special_tokens_around_the_video_are_kept_as_they_are(model_name: str) -> None:
+    model, inputs = _fresh(model_name)
+    prepared = prepare(model, inputs, keep=0.25)
+    ids = inputs["input_ids"]
+    for row in range(ids.shape[0]):
+        others = ids[row] != VIDEO  # text, padding, vision start/end, Qwen3's timestamps
+        kept = torch.zeros_like(others)
+        kept[prepared.kept[row]] = True
+        assert kept[others].all()
+        assert torch.equal(prepared.kwargs["input_ids"][row][~(prepared.kwargs["input_ids"][row] == VIDEO)],
+                           ids[row][others])
+    if model_name == "tiny-llava-onevision":  # the video's closing newline token is protected: its feature as is
+        with torch.no_grad():
+            full = model.model.get_video_features(pixel_values_videos=inputs["pixel_values_videos"],
+                                                  return_dict=True).pooler_output
+        reduced = prepared.kwargs["mm_encoder_outputs"]["video"].pooler_output
+        assert torch.equal(reduced[:, -1], full.reshape(2, -1, full.shape[-1])[:, -1])
+
+
+@pytest.mark.parametrize("name", ["tiny-llava-onevision", "tiny-qwen3-vl"])
+def test_bfloat16_models_run_reduced_and_keep_one_is_still_exact(name: str) -> None:
+    model, inputs = _fresh(name)
+    model.to(torch.bfloat16)
+    inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(torch.bfloat16)
+    logits, generated = _outputs(model, inputs)
+    videotome.patch(model, keep=1.0)
+    assert all(torch.equal(a, b) for a, b in zip(_outputs(model, inputs), (logits, generated)))
+    videotome.patch(model, keep=0.25)  # proportional attention's bias in the model's dtype
+    merged, _ = _outputs(model, inputs)
+    assert merged.dtype == torch.bfloat16 and merged.isfinite().all()

@@ -90,4 +90,5 @@ def test_bad_settings_are_refused_naming_the_value(call, message: str) -> None:
 
 def test_r_spells_the_share_removed() -> None:
     assert video_settings(r=0.75) == VideoMergeSettings(keep=0.25)
-    assert video_settings(VideoMergeSettings(strategy="drop"), keep=0.5) == VideoMergeSettings(keep=0.5, strategy="drop")
+    expected = VideoMergeSettings(keep=0.5, strategy="drop")
+    assert video_settings(VideoMergeSettings(strategy="drop"), keep=0.5) == expected

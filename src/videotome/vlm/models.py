@@ -265,8 +265,19 @@ def _full_positions(model: nn.Module, family: Family, inputs: Mapping[str, Any],
         return inputs["position_ids"]
     input_ids = inputs["input_ids"]
     if generate or family.position_kind != "1-D":
-        return model._prepare_position_ids_for_generation(input_ids, dict(inputs))
+        return _own_positions(model, input_ids, inputs)
     return torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+
+
+def _own_positions(model: nn.Module, input_ids: Tensor, inputs: Mapping[str, Any]) -> Tensor:
+    """The positions generate itself would give ``input_ids``; the M-RoPE classes' ``rope_deltas``, which that call
+    stores on the model, is put back, so that :func:`prepare` leaves the model as it was."""
+    stored = getattr(model.base_model, "rope_deltas", None)
+    try:
+        return model._prepare_position_ids_for_generation(input_ids, dict(inputs))
+    finally:
+        if hasattr(model.base_model, "rope_deltas"):
+            model.base_model.rope_deltas = stored
 
 
 def _replace(extra: Tensor, flat: Tensor, reduction: VideoReduction, run_keep: Tensor) -> Tensor:
@@ -284,7 +295,7 @@ def _positions(model: nn.Module, family: Family, settings: VideoMergeSettings, f
         if family.position_kind != "1-D":
             raise ValueError(f"positions='compact' needs 1-D positions; {type(model).__name__} uses M-RoPE, whose "
                              f"3-D index cannot be computed for a shortened video")
-        return model._prepare_position_ids_for_generation(kwargs["input_ids"], dict(kwargs))
+        return _own_positions(model, kwargs["input_ids"], kwargs)
     if full.dim() == 2:
         return full.gather(1, kept)
     return full.gather(2, kept.unsqueeze(0).expand(full.shape[0], -1, -1))
@@ -394,14 +405,30 @@ def _record(model: nn.Module) -> VLMPatch:
     return next(value for value in vars(model).values() if isinstance(value, VLMPatch))
 
 
+def _as_keywords(function: Any, self: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The call's positional arguments named by ``function``'s signature, so that ``model(input_ids, ...)`` is
+    reduced like ``model(input_ids=..., ...)``; a call that does not fit the signature gets Python's own error."""
+    if not args:
+        return kwargs
+    signature = inspect.signature(function)
+    named: dict[str, Any] = {}
+    for name, value in list(signature.bind(self, *args, **kwargs).arguments.items())[1:]:
+        kind = signature.parameters[name].kind
+        if kind is inspect.Parameter.VAR_POSITIONAL:
+            raise TypeError(f"{function.__qualname__} got {len(value)} positional arguments more than it names")
+        named.update(value if kind is inspect.Parameter.VAR_KEYWORD else {name: value})
+    return named
+
+
 def _forward(self: nn.Module, *args: Any, videotome_log_size: Tensor | None = None, **kwargs: Any) -> Any:
     """A patched video-LLM's forward: inputs with video pixels are reduced first; anything else (generate's own
     steps, which carry the reduced features) goes to the class's forward unchanged. The logits cover the reduced
     sequence. ``videotome_log_size`` (named here so that generate accepts it) carries the sizes to the attention."""
     if videotome_log_size is not None:
         kwargs[LOG_SIZE_KEY] = videotome_log_size
-    if args or kwargs.get("pixel_values_videos") is None:
-        return type(self).forward(self, *args, **kwargs)
+    kwargs = _as_keywords(type(self).forward, self, args, kwargs)
+    if kwargs.get("pixel_values_videos") is None:
+        return type(self).forward(self, **kwargs)
     record = _record(self)
     prepared = prepare(self, kwargs, record.settings, prop_attn=record.prop_attn)
     record.last = prepared.videos
@@ -411,8 +438,11 @@ def _forward(self: nn.Module, *args: Any, videotome_log_size: Tensor | None = No
 def _generate(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
     """A patched video-LLM's generate: the reduced prompt goes to the class's generate, and the output starts with
     the caller's own prompt ids, so ``out[:, prompt_length:]`` is the answer as without merging."""
-    if args or kwargs.get("pixel_values_videos") is None:
-        return type(self).generate(self, *args, **kwargs)
+    kwargs = _as_keywords(type(self).generate, self, args, kwargs)
+    if kwargs.get("inputs") is not None:  # generate's first parameter: the prompt ids of a decoder-only model
+        kwargs["input_ids"] = kwargs.pop("inputs")
+    if kwargs.get("pixel_values_videos") is None:
+        return type(self).generate(self, **kwargs)
     record = _record(self)
     prepared = prepare(self, kwargs, record.settings, prop_attn=record.prop_attn, generate=True)
     record.last = prepared.videos

@@ -174,7 +174,8 @@ def reduce_video(
     unchanged (the same tensor values, sizes 1). Random strategies draw from ``generator``.
     """
     if features.dim() != 3:
-        raise ValueError(f"video features must be (frames, tokens per frame, channels), got shape {tuple(features.shape)}")
+        raise ValueError(f"video features must be (frames, tokens per frame, channels), got shape "
+                         f"{tuple(features.shape)}")
     frames, per_frame, channels = features.shape
     total = frames * per_frame
     target = budget(per_frame, frames, settings.keep, settings.mode)
@@ -192,7 +193,8 @@ def reduce_video(
         size = torch.ones(groups, x.shape[1], 1, dtype=torch.float32, device=features.device)
     order = position.argsort(dim=1)
     x, size, position = take(x, order), take(size, order), position.gather(1, order)
-    rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    ranks = torch.arange(order.shape[1], device=order.device).expand_as(order)
+    rank = torch.empty_like(order).scatter_(1, order, ranks)
     owner = torch.where(owner >= 0, rank.gather(1, owner.clamp(min=0)), -1)
     offsets = torch.arange(groups, device=features.device).unsqueeze(1)
     position = (position + offsets * (total // groups)).flatten()

@@ -26,7 +26,8 @@ def _llava_onevision() -> nn.Module:
     from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
 
     config = LlavaOnevisionConfig(
-        vision_config={"model_type": "siglip_vision_model", **{k: v for k, v in _CLIP.items() if k != "projection_dim"}},
+        vision_config={"model_type": "siglip_vision_model",
+                       **{k: v for k, v in _CLIP.items() if k != "projection_dim"}},
         text_config={"model_type": "qwen2", **_TEXT}, image_token_index=IMAGE, video_token_index=VIDEO,
         vision_feature_layer=-1, vision_feature_select_strategy="full")
     return LlavaOnevisionForConditionalGeneration(config)
@@ -58,8 +59,7 @@ def _qwen_vision(**more: object) -> dict[str, object]:
 
 
 def _qwen_text(sections: list[int]) -> dict[str, object]:
-    text = {k: v for k, v in _TEXT.items() if k not in ("bos_token_id",)}
-    return {**text, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": sections}}
+    return {**_TEXT, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": sections}}
 
 
 def _qwen_ids() -> dict[str, int]:
@@ -163,6 +163,8 @@ def video_inputs(
         inputs["pixel_values_videos"] = torch.randn(batch * patches, channels, generator=generator)
         inputs["video_grid_thw"] = torch.tensor([[frames // vision.temporal_patch_size, side, side]] * batch)
         inputs["mm_token_type_ids"] = (input_ids == VIDEO).long() * 2
+        if model.config.model_type == "qwen2_5_vl":  # seconds per temporal patch: 2 frames at 4 fps
+            inputs["second_per_grid_ts"] = torch.full((batch,), 0.5)
     else:
         inputs["pixel_values_videos"] = torch.randn(batch, frames, 3, image_size, image_size, generator=generator)
     return inputs
