@@ -25,7 +25,7 @@ from torch import nn
 from ..measure import resolve_device, time_rounds
 from ..options import add_options, from_args
 from .cost import MODELS_7B, LanguageModelShape, analytic_rows
-from .models import _record, prepare
+from .models import patch_record, prepare
 from .reduce import VideoMergeSettings, read_keep, video_settings
 from .tiny import TINY_MODELS, tiny_model, video_inputs
 
@@ -97,7 +97,7 @@ def run_vlm_bench(config: VLMBenchConfig) -> dict[str, object]:
             prepared = prepare(model, inputs, settings)
         else:
             videotome.patch(model, settings)
-            prepared = prepare(model, inputs, settings, prop_attn=_record(model).prop_attn)
+            prepared = prepare(model, inputs, settings, prop_attn=patch_record(model).prop_attn)
         videotome.unpatch(model)
         tokens = prepared.kwargs["input_ids"].shape[1]
         visual = sum(video.reduction.size.numel() for video in prepared.videos)

@@ -401,7 +401,8 @@ def _with_signature(method: Any, original: Any) -> Any:
     return forward
 
 
-def _record(model: nn.Module) -> VLMPatch:
+def patch_record(model: nn.Module) -> VLMPatch:
+    """What a patched video-LLM carries (:class:`VLMPatch`): its settings and whether proportional attention runs."""
     return next(value for value in vars(model).values() if isinstance(value, VLMPatch))
 
 
@@ -429,7 +430,7 @@ def _forward(self: nn.Module, *args: Any, videotome_log_size: Tensor | None = No
     kwargs = _as_keywords(type(self).forward, self, args, kwargs)
     if kwargs.get("pixel_values_videos") is None:
         return type(self).forward(self, **kwargs)
-    record = _record(self)
+    record = patch_record(self)
     prepared = prepare(self, kwargs, record.settings, prop_attn=record.prop_attn)
     record.last = prepared.videos
     return type(self).forward(self, **prepared.kwargs)
@@ -443,7 +444,7 @@ def _generate(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
         kwargs["input_ids"] = kwargs.pop("inputs")
     if kwargs.get("pixel_values_videos") is None:
         return type(self).generate(self, **kwargs)
-    record = _record(self)
+    record = patch_record(self)
     prepared = prepare(self, kwargs, record.settings, prop_attn=record.prop_attn, generate=True)
     record.last = prepared.videos
     output = type(self).generate(self, **prepared.kwargs)
