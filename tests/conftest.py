@@ -87,3 +87,21 @@ def missing_flags(command: str, argv: Sequence[str]) -> list[str]:
         if action.option_strings and not isinstance(action, argparse._HelpAction)
         and not given & (set(action.option_strings) - SINGLE_PROCESS_ALIASES)
     ]
+
+
+def write_video(path: Path, frames: int = 4, size: int = 32, fps: int = 4) -> Path:
+    """A small decodable MPEG-4 clip of ``frames`` grey frames getting brighter, written with PyAV."""
+    import av
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        step = 160 // frames
+        for index in range(frames):
+            image = np.full((size, size, 3), step * index, dtype=np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    return path

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import write_video
 
 from videotome.cli import main
 from videotome.vlm import budget
@@ -53,22 +54,6 @@ def test_a_keep_outside_the_range_is_refused_by_the_parser(capsys) -> None:
     assert "keep=1.5 must be a share of the visual tokens in (0, 1]" in capsys.readouterr().err
 
 
-def _write_video(path, frames: int = 8) -> None:
-    import av
-    import numpy as np
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=8)
-        stream.width = stream.height = 64
-        stream.pix_fmt = "yuv420p"
-        for index in range(frames):
-            image = np.full((64, 64, 3), 20 * index, dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-
-
 class _Processor:
     """A stand-in for a real processor (no tokenizer is reachable offline): the tiny model's inputs for any video."""
 
@@ -97,7 +82,7 @@ def test_generate_answers_with_and_without_the_reduction(tmp_path, monkeypatch, 
     model.save_pretrained(tmp_path / "model")
     processor = _Processor(model)
     monkeypatch.setattr(AutoProcessor, "from_pretrained", lambda *args, **kwargs: processor)
-    _write_video(tmp_path / "clip.mp4")
+    write_video(tmp_path / "clip.mp4", frames=8, size=64, fps=8)
     code = main(["vlm", "generate", "--model", str(tmp_path / "model"), "--video", str(tmp_path / "clip.mp4"),
                  "--prompt", "what happens?", "--keep", "1", "--frames", "4", "--max-new-tokens", "3"])
     assert code == 0

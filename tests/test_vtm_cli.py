@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_video
 
 from videotome.cli import main
 
@@ -149,23 +150,6 @@ def tiny_backbone(directory: Path) -> Path:
 
     tiny_model("dinov2").save_pretrained(directory)
     return directory
-
-
-def write_video(path: Path, frames: int = 4) -> Path:
-    """A small decodable MPEG-4 clip at 4 fps."""
-    import av
-    import numpy as np
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=4)
-        stream.width = stream.height = 32
-        stream.pix_fmt = "yuv420p"
-        for index in range(frames):
-            image = np.full((32, 32, 3), 40 * index, dtype=np.uint8)
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        container.mux(stream.encode())
-    return path
 
 
 @pytest.fixture
