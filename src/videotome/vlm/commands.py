@@ -25,7 +25,7 @@ from torch import nn
 from ..measure import resolve_device, time_rounds
 from ..options import add_options, from_args
 from .cost import MODELS_7B, LanguageModelShape, analytic_rows
-from .models import patch_record, prepare
+from .models import is_qwen, patch_record, prepare
 from .reduce import VideoMergeSettings, read_keep, video_settings
 from .tiny import TINY_MODELS, tiny_model, video_inputs
 
@@ -73,7 +73,7 @@ def load_model(name: str) -> nn.Module:
 
 def _size(model: nn.Module, config: VLMBenchConfig) -> int:
     """The frame side the inputs take: the LLaVA classes' vision tower's, else the configured one."""
-    if hasattr(model.config, "vision_start_token_id"):
+    if is_qwen(model):
         return config.size
     return model.config.vision_config.image_size
 

@@ -46,11 +46,6 @@ class VideoRecord(NamedTuple):
     cols: int
     reduction: VideoReduction
 
-    @property
-    def tokens(self) -> int:
-        """The video's visual tokens before the reduction."""
-        return self.frames * self.rows * self.cols
-
 
 @dataclasses.dataclass(frozen=True)
 class Prepared:
@@ -117,9 +112,7 @@ class LlavaFamily(Family):
         return [(features[b], grid.view(frames, side, -1)) for b in range(batch)]
 
     def rebuild(self, output: Any, runs: list[Tensor], extras: list[list[Tensor]]) -> Any:
-        if len({run.shape[0] for run in runs}) > 1:
-            raise ValueError("the videos of a batch keep different token counts; give them the same frame count")
-        output.pooler_output = torch.stack(runs)
+        output.pooler_output = torch.stack(runs)  # one (B, T, ...) video tensor: every run keeps the same count
         return output
 
 
@@ -152,6 +145,11 @@ class QwenFamily(Family):
 
 
 FAMILIES: tuple[Family, ...] = (LlavaFamily(), QwenFamily())
+
+
+def is_qwen(model: nn.Module) -> bool:
+    """Whether ``model`` is of the M-RoPE family (:class:`QwenFamily`), whose inputs carry ``video_grid_thw``."""
+    return isinstance(find_family(model), QwenFamily)
 
 
 def find_family(model: nn.Module) -> Family | None:

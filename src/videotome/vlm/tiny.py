@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from .models import is_qwen
+
 #: token ids of the tiny vocabularies (plain text tokens are 3 .. 239)
 PAD, VIDEO, IMAGE, VISION_START, VISION_END, TIMESTAMP = 0, 251, 250, 252, 253, 254
 VOCAB = 256
@@ -112,14 +114,10 @@ def tiny_model(name: str, seed: int = 0) -> nn.Module:
     return TINY_MODELS[name]().eval()
 
 
-def _is_qwen(model: nn.Module) -> bool:
-    return hasattr(model.config, "vision_start_token_id")
-
-
 def video_token_count(model: nn.Module, frames: int, image_size: int) -> int:
     """How many placeholder tokens the family's processor writes for one video of ``frames`` square frames."""
     config = model.config
-    if _is_qwen(model):
+    if is_qwen(model):
         vision = config.vision_config
         side = image_size // vision.patch_size
         return (frames // vision.temporal_patch_size) * side * side // vision.spatial_merge_size ** 2
@@ -143,7 +141,7 @@ def video_inputs(
     if len(lengths) != batch:
         raise ValueError(f"prompt_lengths has {len(lengths)} entries for a batch of {batch}")
     count = video_token_count(model, frames, image_size)
-    qwen = _is_qwen(model)
+    qwen = is_qwen(model)
     video = ([VISION_START] if qwen else []) + [VIDEO] * count + ([VISION_END] if qwen else [])
     if model.config.model_type.startswith("qwen3"):  # a timestamp (text) and its own start/end around each step
         steps = frames // model.config.vision_config.temporal_patch_size
