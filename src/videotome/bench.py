@@ -22,7 +22,7 @@ from .patch import _patch_of
 from .loading import IMAGE_MODEL_TYPES, load_local_model
 from .measure import peak_memory_mb, resolve_device, seconds_in_region, time_interleaved
 from .merge import PROFILER_REGION
-from .options import add_options, from_args
+from .options import add_options, check_at_least, device_option, from_args
 from .plan import MergeSettings
 
 #: frames of a clip for an image model, which sees them as a batch
@@ -129,14 +129,11 @@ class BenchConfig:
     batch_size: int = field(default=1, metadata={"help": "clips per forward pass"})
     repeats: int = field(default=5, metadata={"help": "timed rounds (median)"})
     warmup: int = field(default=1, metadata={"help": "untimed rounds first"})
-    device: str | None = field(default=None, metadata={"help": "cpu, cuda or cuda:N (default: cuda when available)"})
+    device: str | None = device_option()
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "repeats"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
-        if self.warmup < 0:
-            raise ValueError(f"warmup={self.warmup} must be at least 0")
+        check_at_least(self, 1, "batch_size", "repeats")
+        check_at_least(self, 0, "warmup")
 
 
 @dataclass

@@ -83,6 +83,24 @@ def option(default: Any = dataclasses.MISSING, help: str = "", **metadata: Any) 
     return dataclasses.field(default=default, metadata={"help": help, **metadata})
 
 
+#: the help of every command's ``--device`` flag
+DEVICE_HELP = "cpu, cuda or cuda:N (default: cuda when available)"
+
+
+def device_option() -> Any:
+    """The ``device`` field of a command's configuration: None lets the command take CUDA when it is there."""
+    return option(None, DEVICE_HELP)
+
+
+def check_at_least(config: object, minimum: int, *names: str) -> None:
+    """Refuse any field of ``config`` in ``names`` below ``minimum``, naming it and its value; None (unset)
+    passes."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and value < minimum:
+            raise ValueError(f"{name}={value} must be at least {minimum}")
+
+
 def flag_of(item: dataclasses.Field) -> str:
     """The flag of a field: its ``flag`` metadata, or ``--`` and its name with dashes."""
     return item.metadata.get("flag", "--" + item.name.replace("_", "-"))

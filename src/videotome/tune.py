@@ -22,7 +22,7 @@ from . import patch, plan
 from .bench import BUILTIN_MODELS, bench_model, example_input
 from .evaluation.report import pyplot
 from .measure import resolve_device, time_interleaved
-from .options import add_options, from_args
+from .options import add_options, check_at_least, device_option, from_args
 from .plan import MergePlan, MergeSettings, r_for_flops, smallest_flop_ratio, with_r
 
 
@@ -39,17 +39,14 @@ class TuneConfig:
     points: int = field(default=6, metadata={"help": "r values timed in each round"})
     repeats: int = field(default=3, metadata={"help": "timed rounds (median)"})
     warmup: int = field(default=1, metadata={"help": "untimed rounds first"})
-    device: str | None = field(default=None, metadata={"help": "cpu, cuda or cuda:N (default: cuda when available)"})
+    device: str | None = device_option()
     plot: str = field(default="tune.png", metadata={"help": "where the measured speedup curve goes"})
 
     def __post_init__(self) -> None:
         if self.speedup <= 1:
             raise ValueError(f"speedup={self.speedup} must be above 1 (the unmerged model's speed is 1)")
-        for name in ("batch_size", "points", "repeats"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
-        if self.warmup < 0:
-            raise ValueError(f"warmup={self.warmup} must be at least 0")
+        check_at_least(self, 1, "batch_size", "points", "repeats")
+        check_at_least(self, 0, "warmup")
         if self.merge.r != 0:
             raise ValueError("tune chooses r; give the other merge settings only")
         if not isinstance(self.merge.schedule, str):

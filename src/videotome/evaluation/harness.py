@@ -29,6 +29,7 @@ from ..errors import VideotomeError
 from ..heads import format_heads, heads_text, logits_per_head, model_heads, parse_heads
 from ..loading import VIDEO_MODEL_TYPES, load_local_model, resolve_model_dir, stored_settings
 from ..measure import synchronize
+from ..options import DEVICE_HELP, check_at_least
 from ..plan import MergeSettings, read_plan
 from .datasets import DATASETS, Sample, check_labels, class_names_from_id2label, head_class_names, load_samples
 from .logits import LogitsWriter, clip_logits
@@ -88,7 +89,7 @@ class EvalConfig:
     decoder: str = field(default="pyav", metadata=_help("video decoder (decord only if installed)", choices=DECODERS))
     batch_size: int = field(default=8, metadata=_help("clips per forward pass"))
     workers: int = field(default=2, metadata=_help("decoding worker processes"))
-    device: str | None = field(default=None, metadata=_help("cpu, cuda or cuda:N (default: cuda when available)"))
+    device: str | None = field(default=None, metadata=_help(DEVICE_HELP))
     strict: bool = field(default=False, metadata=_help("stop at the first missing or undecodable video"))
     progress: bool = field(default=True, metadata=_help("hide the progress bar", flag="--no-progress"))
     save_logits: bool = field(
@@ -98,12 +99,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
             raise ValueError(f"dataset={self.dataset!r} is not one of {DATASETS}")
-        for name in ("batch_size", "limit", "frames", "stride"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name}={value} must be at least 1")
-        if self.workers < 0:
-            raise ValueError(f"workers={self.workers} must be at least 0")
+        check_at_least(self, 1, "batch_size", "limit", "frames", "stride")
+        check_at_least(self, 0, "workers")
         parse_heads(self.heads)
         if self.plan is not None:
             self.merge = _plan_merge(self.plan, self.merge)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from ..errors import VideotomeError
 from ..heads import format_heads, heads_text, logits_per_head, model_heads, parse_heads
 from ..loading import SETTINGS_KEY, quiet_loading, stored_settings
-from ..options import option
+from ..options import check_at_least, option
 from ..plan import MergeSettings
 from ..evaluation.datasets import (
     DATASETS,
@@ -102,12 +102,8 @@ class FinetuneConfig:
     progress: bool = option(True, "hide the progress bar", flag="--no-progress")
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "grad_accum", "save_steps", "keep_checkpoints", "frames"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name}={value} must be at least 1")
-        if self.workers < 0:
-            raise ValueError(f"workers={self.workers} must be at least 0")
+        check_at_least(self, 1, "epochs", "batch_size", "grad_accum", "save_steps", "keep_checkpoints", "frames")
+        check_at_least(self, 0, "workers")
 
     def recipe_for(self, model_type: str) -> Recipe:
         """The recipe (``--recipe``, else the family's) with every recipe flag given replacing its value; a recipe

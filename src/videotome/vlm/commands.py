@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..measure import resolve_device, time_rounds
-from ..options import add_options, from_args
+from ..options import add_options, check_at_least, device_option, from_args
 from .cost import MODELS_7B, LanguageModelShape, analytic_rows
 from .models import is_qwen, patch_record, prepare
 from .reduce import VideoMergeSettings, read_keep, video_settings
@@ -49,14 +49,11 @@ class VLMBenchConfig:
     prompt: int = field(default=16, metadata={"help": "text tokens before the video"})
     repeats: int = field(default=5, metadata={"help": "timed rounds (median)"})
     warmup: int = field(default=1, metadata={"help": "untimed rounds first"})
-    device: str | None = field(default=None, metadata={"help": "cpu, cuda or cuda:N (default: cuda when available)"})
+    device: str | None = device_option()
 
     def __post_init__(self) -> None:
-        for name in ("frames", "size", "prompt", "repeats"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
-        if self.warmup < 0:
-            raise ValueError(f"warmup={self.warmup} must be at least 0")
+        check_at_least(self, 1, "frames", "size", "prompt", "repeats")
+        check_at_least(self, 0, "warmup")
 
 
 def load_model(name: str) -> nn.Module:
@@ -165,12 +162,10 @@ class VLMGenerateConfig:
     merge: VideoMergeSettings = field(default_factory=VideoMergeSettings, metadata={"help": "reduction settings"})
     frames: int = field(default=8, metadata={"help": "frames sampled uniformly over the video"})
     max_new_tokens: int = field(default=64, metadata={"help": "the longest answer, in tokens"})
-    device: str | None = field(default=None, metadata={"help": "cpu, cuda or cuda:N (default: cuda when available)"})
+    device: str | None = device_option()
 
     def __post_init__(self) -> None:
-        for name in ("frames", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
+        check_at_least(self, 1, "frames", "max_new_tokens")
 
 
 def run_vlm_generate(config: VLMGenerateConfig) -> dict[str, object]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from videotome.measure import peak_memory_mb, resolve_device, time_interleaved
+from videotome.options import device_option
 from videotome.vtm.model import ATTENTION_KERNELS, VideoTokenMerger, VTMConfig, vtm_loss
 from videotome.vtm.partition import PARTITIONS
 
@@ -51,7 +52,7 @@ class VTMBenchConfig:
         default="sdpa",
         metadata={"help": "fused kernels, or the explicit attention matrix (math)", "choices": ATTENTION_KERNELS},
     )
-    device: str | None = field(default=None, metadata={"help": "cpu, cuda or cuda:N (default: cuda when available)"})
+    device: str | None = device_option()
     seed: int = field(default=0, metadata={"help": "seed of the weights and tokens"})
     train: bool = field(
         default=False,
