@@ -15,11 +15,23 @@ def _tokens() -> tuple[torch.Tensor, torch.Tensor]:
     return metric.unsqueeze(0), x.unsqueeze(0)
 
 
-def test_best_match_is_cosine_argmax():
+def test_each_chosen_token_goes_to_its_most_similar_partner():
     metric, _ = _tokens()
-    scores, partner = merge._best_match(metric)
+    scores, partner = merge._similarity(metric).max(dim=-1)
     torch.testing.assert_close(scores, torch.tensor([[1.0, 1.0, math.sqrt(0.5)]]))
     assert partner.tolist() == [[0, 1, 0]]
+    reduction = merge.bipartite_soft_matching(metric, 3)
+    assert reduction.src.tolist() == [[0, 1, 2]] and reduction.dst.tolist() == [[0, 1, 0]]
+
+
+def test_a_batch_reduces_each_sample_as_it_would_alone():
+    torch.manual_seed(0)
+    metric, x, size = torch.randn(5, 33, 8), torch.randn(5, 33, 16), torch.rand(5, 33, 1) + 1
+    batched = merge.merge_wavg(merge.bipartite_soft_matching(metric, 9, protect_first=True), x, size)
+    for i in range(5):
+        alone = merge.merge_wavg(merge.bipartite_soft_matching(metric[i:i + 1], 9, protect_first=True),
+                                 x[i:i + 1], size[i:i + 1])
+        assert torch.equal(batched[0][i:i + 1], alone[0]) and torch.equal(batched[1][i:i + 1], alone[1])
 
 
 def test_merge_picks_highest_scores_and_keeps_order():

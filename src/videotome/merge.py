@@ -56,9 +56,9 @@ PROFILER_REGION = "videotome.merge"
 
 
 def profiled() -> contextlib.AbstractContextManager:
-    """The profiler region of a reduction step; nothing while ``torch.compile`` traces (it would only warn that it
-    ignores the region, and a compiled merge step is fused with its neighbours anyway)."""
-    if torch.compiler.is_compiling():
+    """The profiler region of a reduction step while a profiler records; otherwise nothing, since entering a region
+    costs as much as a few small tensor operations (and ``torch.compile`` would only warn that it ignores it)."""
+    if torch.compiler.is_compiling() or not torch.autograd.profiler._is_profiler_enabled:
         return contextlib.nullcontext()
     return torch.profiler.record_function(PROFILER_REGION)
 
@@ -96,26 +96,22 @@ def _split(x: Tensor, a_idx: Tensor | None = None, b_idx: Tensor | None = None) 
     return take(x, a_idx), take(x, b_idx)
 
 
-def _best_match(metric: Tensor, a_idx: Tensor | None = None, b_idx: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Each A token's highest cosine similarity to any B token, and that B token's index: (B, Na), (B, Na).
+def _similarity(metric: Tensor, a_idx: Tensor | None = None, b_idx: Tensor | None = None) -> Tensor:
+    """The cosine similarity of every A token to every B token, (B, Na, Nb).
 
     Every token's metric is normalised once, before the split (one pass, not one per set), and the scores are one
     batched matrix product. The norms are expanded to the metric's shape: dividing by a broadcast last dimension of
     size 1 takes a slower path in torch's CPU kernels than the same division by an expanded view."""
     unit = metric / metric.norm(dim=-1, keepdim=True).expand_as(metric)
     a, b = _split(unit, a_idx, b_idx)
-    return (a @ b.transpose(-1, -2)).max(dim=-1)
+    return a @ b.transpose(-1, -2)
 
 
-def _select(scores: Tensor, partner: Tensor, r: int) -> tuple[Tensor, Tensor, Tensor]:
-    """The r highest-scoring A tokens and their partners; the others kept in their previous order.
-
-    Returns ``kept`` (B, Na - r) ascending, ``src`` (B, r) and ``dst`` (B, r). Ties keep the earlier token.
-    """
+def _order(scores: Tensor, r: int) -> tuple[Tensor, Tensor]:
+    """The r highest-scoring A tokens, (B, r), and the others in their previous order, (B, Na - r), ascending.
+    Ties keep the earlier token."""
     order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
-    src = order[:, :r]
-    kept = torch.sort(order[:, r:], dim=-1).values
-    return kept, src, partner.gather(1, src)
+    return torch.sort(order[:, r:], dim=-1).values, order[:, :r]
 
 
 def bipartite_soft_matching(
@@ -155,10 +151,17 @@ def bipartite_soft_matching(
         else:
             partner = torch.zeros(batch, num_a, dtype=torch.long, device=metric.device)
     else:
-        scores, partner = _best_match(metric, a_idx, b_idx)
+        similarity = _similarity(metric, a_idx, b_idx)
+        scores = similarity.amax(dim=-1)
     if protect_first:
         scores[:, 0] = -math.inf  # scores is a fresh tensor in every branch above
-    kept, src, dst = _select(scores, partner, r)
+    kept, src = _order(scores, r)
+    if strategy.startswith("random"):
+        dst = partner.gather(1, src)
+    else:
+        # only the chosen tokens need their partner: on the CPU the index of a maximum is many times slower to
+        # reduce than the maximum alone, so it is taken over the r chosen rows, not over all Na
+        dst = take(similarity, src).argmax(dim=-1)
 
     weight = None
     if strategy in ("drop", "random_drop"):
@@ -187,9 +190,21 @@ def pair_positions(reduction: Reduction, num_tokens: int) -> tuple[Tensor, Tenso
     return src_pos, reduction.b_idx.gather(1, reduction.dst)
 
 
-def _flat_rows(pos: Tensor, tokens: int) -> Tensor:
-    """Positions (B, K) in sequences of ``tokens`` tokens as row numbers of the flattened batch, (B * K,)."""
-    return (pos + torch.arange(pos.shape[0], device=pos.device).unsqueeze(1) * tokens).flatten()
+def _batch_index(pos: Tensor) -> Tensor | None:
+    """Each sequence's index in the batch, (B, 1), for :func:`_flat_rows`; None for a batch of one."""
+    return None if pos.shape[0] == 1 else torch.arange(pos.shape[0], device=pos.device).unsqueeze(1)
+
+
+def _flat_rows(pos: Tensor, tokens: int, batch_index: Tensor | None = None) -> Tensor:
+    """Positions (B, K) in sequences of ``tokens`` tokens as row numbers of the flattened batch, (B * K,).
+
+    ``batch_index`` is :func:`_batch_index` of pos, made once when several position sets share it; a batch of one
+    needs no offsets."""
+    if pos.shape[0] == 1:
+        return pos.reshape(-1)
+    if batch_index is None:
+        batch_index = _batch_index(pos)
+    return (pos + batch_index * tokens).flatten()
 
 
 def _select_rows(x: Tensor, rows: Tensor, count: int) -> Tensor:
@@ -223,20 +238,9 @@ def _rows(reduction: Reduction, num_tokens: int) -> _Rows:
     order, src_pos = _positions(reduction, num_tokens)
     receiving = reduction.kept.shape[1] + reduction.dst
     length = order.shape[1]
-    return _Rows(_flat_rows(order, num_tokens), _flat_rows(src_pos, num_tokens), _flat_rows(receiving, length), length)
-
-
-def _receive(out: Tensor, receiving: Tensor, keep: Tensor | None, incoming: Tensor) -> Tensor:
-    """Into flat rows ``receiving`` of out (B, N', C): scale by ``keep`` (B, r, 1) if given, then add ``incoming``.
-
-    Several pairs may share a receiving row: the scaled row is written once per pair (the same value each time) and
-    every incoming row is added, in pair order.
-    """
-    flat = out.view(-1, out.shape[-1])
-    if keep is not None:
-        flat.index_copy_(0, receiving, flat.index_select(0, receiving) * keep.reshape(-1, 1))
-    flat.index_add_(0, receiving, incoming.reshape(-1, out.shape[-1]))
-    return out
+    index = _batch_index(order)
+    return _Rows(_flat_rows(order, num_tokens, index), _flat_rows(src_pos, num_tokens, index),
+                 _flat_rows(receiving, length, index), length)
 
 
 def apply(reduction: Reduction, x: Tensor) -> Tensor:
@@ -244,12 +248,14 @@ def apply(reduction: Reduction, x: Tensor) -> Tensor:
 
     Use :func:`merge_wavg` for features; summing is right for quantities that add up (sizes, source maps).
     """
-    x = x.contiguous()
-    rows = _rows(reduction, x.shape[1])
-    src = _select_rows(x, rows.src, reduction.r)
+    batch, tokens, channels = x.shape
+    rows = _rows(reduction, tokens)
+    flat = x.reshape(-1, channels)
+    src = flat.index_select(0, rows.src)
     if reduction.weight is not None:
-        src = src * reduction.weight.unsqueeze(-1).to(src.dtype)
-    return _receive(_select_rows(x, rows.order, rows.length), rows.receiving, None, src)
+        src = src * reduction.weight.reshape(-1, 1).to(src.dtype)
+    out = flat.index_select(0, rows.order).index_add_(0, rows.receiving, src)
+    return out.view(batch, rows.length, channels)
 
 
 def _size_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -269,33 +275,32 @@ def slice_first(x: Tensor, size: Tensor | None, r: int) -> tuple[Tensor, Tensor]
 def merge_wavg(reduction: Reduction, x: Tensor, size: Tensor | None) -> tuple[Tensor, Tensor]:
     """Size-weighted average merge of features x (B, N, C); returns the new x and sizes (B, N', 1).
 
-    ``size`` None means every token holds one patch. Only the B tokens that receive a merge are re-weighted, so the
-    cost is one copy of x plus work on the r chosen pairs; a receiving token becomes
-    x_dst * s_dst / S + sum(x_src * s_src / S) with S its new size. Sizes are kept in float32 for half inputs.
+    ``size`` None means every token holds one patch. The cost is one copy of x plus work on the r chosen pairs: a
+    receiving token x_dst of new size S = s_dst + sum(s_src) becomes x_dst + sum((x_src - x_dst) * s_src / S), which
+    is the size-weighted mean (x_dst * s_dst + sum(x_src * s_src)) / S and needs no rescaling of the receiving rows
+    first. Sizes are kept in float32 for half inputs.
     """
-    x = x.contiguous()
-    batch, tokens, _ = x.shape
-    r = reduction.r
+    batch, tokens, channels = x.shape
     work = _size_dtype(x.dtype)
     rows = _rows(reduction, tokens)
+    # sizes are indexed as one flat vector: selecting rows of one element from a (rows, 1) matrix is several times
+    # slower on the CPU
     if size is None:
-        src_size = torch.ones(batch, r, 1, dtype=work, device=x.device)
-        new_size = torch.ones(batch, rows.length, 1, dtype=work, device=x.device)
+        src_size = torch.ones(rows.src.shape[0], dtype=work, device=x.device)
+        new_size = torch.ones(rows.order.shape[0], dtype=work, device=x.device)
     else:
-        size = size.to(work)
-        src_size = _select_rows(size, rows.src, r)
-        new_size = _select_rows(size, rows.order, rows.length)
+        flat_size = size.reshape(-1).to(work)
+        src_size = flat_size.index_select(0, rows.src)
+        new_size = flat_size.index_select(0, rows.order)
     if reduction.weight is not None:
-        src_size = src_size * reduction.weight.unsqueeze(-1).to(work)
-    flat_size = new_size.view(-1, 1)
-    old_dst_size = flat_size.index_select(0, rows.receiving)
-    flat_size.index_add_(0, rows.receiving, src_size.view(-1, 1))
-    dst_size = flat_size.index_select(0, rows.receiving).view(batch, r, 1)
+        src_size = src_size * reduction.weight.reshape(-1).to(work)
+    new_size.index_add_(0, rows.receiving, src_size)
+    share = (src_size / new_size.index_select(0, rows.receiving)).to(x.dtype).unsqueeze(1)
 
-    incoming = _select_rows(x, rows.src, r) * (src_size / dst_size).to(x.dtype)
-    keep = (old_dst_size.view(batch, r, 1) / dst_size).to(x.dtype)
-    out = _receive(_select_rows(x, rows.order, rows.length), rows.receiving, keep, incoming)
-    return out, new_size
+    flat = x.reshape(-1, channels)
+    out = flat.index_select(0, rows.order)
+    out.index_add_(0, rows.receiving, (flat.index_select(0, rows.src) - out.index_select(0, rows.receiving)) * share)
+    return out.view(batch, rows.length, channels), new_size.view(batch, rows.length, 1)
 
 
 def merge_source(reduction: Reduction, source: Tensor | None, num_tokens: int | None = None) -> Tensor:
