@@ -124,3 +124,22 @@ def test_limit_benchmark_writes_each_result_as_measured(tmp_path, monkeypatch):
     assert line["merged_over_ideal"] == pytest.approx(per_round[1])
     assert line["merged_over_ideal_iqr"][0] <= per_round[1] <= line["merged_over_ideal_iqr"][1]
     assert 0 < line["merge_share"] < 1 and line["compile_s"] is None
+
+
+def test_merge_step_benchmark_counts_operations_and_writes_each_shape(tmp_path, monkeypatch):
+    """benchmarks/merge_step.py on two small shapes: one JSONL line each, with the step's parts and its op count."""
+    import sys
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    monkeypatch.delitem(sys.modules, "merge_step", raising=False)
+    import merge_step
+
+    x = torch.ones(2, 3)
+    assert merge_step.operations(lambda: x + x) == 1 and merge_step.operations(lambda: (x + x).sum()) == 2
+    monkeypatch.setattr(merge_step, "SHAPES", [("one", 1, 16, 8, 4, 3, True), ("two", 2, 16, 8, 4, 3, False)])
+    out = tmp_path / "steps.jsonl"
+    merge_step.main(["--repeats", "1", "--jsonl", str(out)])
+    lines = [json.loads(text) for text in out.read_text().splitlines()]
+    assert [line["shape"] for line in lines] == ["one", "two"]
+    assert all(line[key] > 0 for line in lines for key in ("step", "matching", "merging", "floor", "operations"))
