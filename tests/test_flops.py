@@ -131,3 +131,15 @@ def test_a_plan_for_another_model_shape_is_refused(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(ValueError, match="is not JSON"):
         videotome.patch(tiny_model("videomae"), plan=tmp_path / "bad.json")
+
+
+def test_the_flop_target_benchmark_row_says_hit_when_the_count_is_at_the_target(monkeypatch):
+    """benchmarks/flop_targets.py on VideoMAE-B (meta device): its row's figures are the plan's and torch's."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    import flop_targets
+    name, schedule, target, r, predicted, counted, less, hit = flop_targets.row("videomae-base", "constant", 0.5)
+    assert (name, schedule, target, hit) == ("videomae-base", "constant", "0.50", "yes")
+    assert int(r) > 0 and float(counted) == pytest.approx(float(predicted), rel=0.02)
+    assert float(counted) <= 0.5 * 1.02 < float(less) * 1.02 and float(less) > 0.5
