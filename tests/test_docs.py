@@ -190,3 +190,15 @@ def test_the_module_map_names_every_module():
     missing = [str(path.relative_to(package)) for path in package.rglob("*.py")
                if f"`{path.relative_to(package).as_posix()}`" not in text]
     assert not missing, f"docs/architecture.md does not map {missing}"
+
+
+def test_the_readme_speed_claim_is_the_measured_range() -> None:
+    """The README's "a-b of the zero-cost ideal" is the range of the paper-size models' merged / ideal in
+    BENCHMARKS.md's limit table (eager)."""
+    low, high = map(float, re.search(r"\(([\d.]+)-([\d.]+) of the zero-cost ideal", README.read_text()).groups())
+    text = (REPO / "BENCHMARKS.md").read_text()
+    section = text[text.index("## Merging against its limit"):]
+    section = section[:section.index("\n## ", 1)]
+    measured = [float(value) for value in re.findall(r"^\| \w+-base \| 1 \| eager \|(?: [^|]+ \|){3} ([\d.]+) \(",
+                                                     section, flags=re.M)]
+    assert len(measured) == 4 and (min(measured), max(measured)) == (low, high)
