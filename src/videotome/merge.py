@@ -108,8 +108,8 @@ def _similarity(metric: Tensor, a_idx: Tensor | None = None, b_idx: Tensor | Non
 
 
 def _order(scores: Tensor, r: int) -> tuple[Tensor, Tensor]:
-    """The r highest-scoring A tokens, (B, r), and the others in their previous order, (B, Na - r), ascending.
-    Ties keep the earlier token."""
+    """The A tokens that stay, in their previous order, (B, Na - r), and the r highest-scoring ones, (B, r), best
+    first. Ties keep the earlier token."""
     order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
     return torch.sort(order[:, r:], dim=-1).values, order[:, :r]
 
