@@ -143,7 +143,8 @@ def bipartite_soft_matching(
         num_a, num_b = a_idx.shape[1], b_idx.shape[1]
         r = max(0, min(r, num_a - int(protect_first)))
 
-    if strategy.startswith("random"):
+    random = strategy.startswith("random")
+    if random:
         device = generator.device if generator is not None else metric.device
         scores = torch.rand(batch, num_a, generator=generator, device=device).to(metric.device)
         if strategy == "random_merge":
@@ -156,7 +157,7 @@ def bipartite_soft_matching(
     if protect_first:
         scores[:, 0] = -math.inf  # scores is a fresh tensor in every branch above
     kept, src = _order(scores, r)
-    if strategy.startswith("random"):
+    if random:
         dst = partner.gather(1, src)
     else:
         # only the chosen tokens need their partner: on the CPU the index of a maximum is many times slower to
@@ -195,16 +196,12 @@ def _batch_index(pos: Tensor) -> Tensor | None:
     return None if pos.shape[0] == 1 else torch.arange(pos.shape[0], device=pos.device).unsqueeze(1)
 
 
-def _flat_rows(pos: Tensor, tokens: int, batch_index: Tensor | None = None) -> Tensor:
+def _flat_rows(pos: Tensor, tokens: int, batch_index: Tensor | None) -> Tensor:
     """Positions (B, K) in sequences of ``tokens`` tokens as row numbers of the flattened batch, (B * K,).
 
-    ``batch_index`` is :func:`_batch_index` of pos, made once when several position sets share it; a batch of one
-    needs no offsets."""
-    if pos.shape[0] == 1:
-        return pos.reshape(-1)
-    if batch_index is None:
-        batch_index = _batch_index(pos)
-    return (pos + batch_index * tokens).flatten()
+    ``batch_index`` is :func:`_batch_index` of pos, made once when several position sets share it (None: a batch of
+    one, which needs no offsets)."""
+    return pos.reshape(-1) if batch_index is None else (pos + batch_index * tokens).flatten()
 
 
 def _select_rows(x: Tensor, rows: Tensor, count: int) -> Tensor:
@@ -219,7 +216,7 @@ def take(x: Tensor, pos: Tensor) -> Tensor:
     One ``index_select`` over the flattened batch: on CPU several times faster than ``gather`` with an index
     expanded over the channels, and the reduction's main cost at small sizes.
     """
-    return _select_rows(x, _flat_rows(pos, x.shape[1]), pos.shape[1])
+    return _select_rows(x, _flat_rows(pos, x.shape[1], _batch_index(pos)), pos.shape[1])
 
 
 class _Rows(NamedTuple):
