@@ -7,7 +7,8 @@ times the cost of the cheapest operation (an addition of two one-element tensors
 eager PyTorch puts under it; at large sizes it costs its copies and its matrix product. Shapes: the testbed models'
 layer (128 tokens of 64 channels, r = 12) at batch 1 to 256, VideoMAE-B's first layer at the paper's point
 (1568 x 768, r = 150, keys of 64 channels averaged over heads) and a divided model's frames (8 frames of 196 tokens,
-r = 18). Each shape is timed with the step and its parts interleaved (median of ``--repeats`` rounds).
+r = 18). Each shape is timed with the step and its parts interleaved (median of ``--repeats`` rounds after one
+untimed round).
 """
 
 from __future__ import annotations
@@ -15,21 +16,22 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import timeit
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from paper_points import PAPER_POINTS
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from videotome import merge
 from videotome.evaluation.report import to_markdown
+from videotome.measure import time_rounds
 
-#: (name, batch, tokens, channels, metric channels, r, protect_first)
+#: (name, batch, tokens, channels, metric channels, r, protect_first); the paper-size shapes at their paper's r
 SHAPES = [
     *[(f"testbed, batch {batch}", batch, 128, 64, 16, 12, True) for batch in (1, 4, 16, 64, 128, 256)],
-    ("VideoMAE-B first layer", 1, 1568, 768, 64, 150, False),
-    ("TimeSformer-B frames, batch 1", 8, 196, 768, 64, 18, False),
+    ("VideoMAE-B first layer", 1, 1568, 768, 64, PAPER_POINTS["videomae-base"][0], False),
+    ("TimeSformer-B frames, batch 1", 8, 196, 768, 64, PAPER_POINTS["timesformer-base"][0], False),
 ]
 HEADER = ["shape", "B x N x C, r", "step us", "matching us", "merging us", "ops per step", "ops x floor us"]
 
@@ -54,12 +56,17 @@ def operations(call: Callable[[], object]) -> int:
 
 
 def median_seconds(calls: dict[str, Callable[[], object]], repeats: int, number: int) -> dict[str, float]:
-    """Median seconds per call of each, timed interleaved: one block of ``number`` calls of each per round."""
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
-            times[name].append(timeit.timeit(call, number=number) / number)
-    return {name: statistics.median(values) for name, values in times.items()}
+    """Median seconds per call of each, timed interleaved (:func:`videotome.measure.time_rounds`) in blocks of
+    ``number`` calls, since one call of the cheapest is too short to time alone."""
+
+    def block(call: Callable[[], object]) -> Callable[[], None]:
+        def run() -> None:
+            for _ in range(number):
+                call()
+        return run
+
+    rounds = time_rounds([block(call) for call in calls.values()], repeats=repeats)
+    return {name: statistics.median(times) / number for name, times in zip(calls, rounds)}
 
 
 def measure(batch: int, tokens: int, channels: int, metric_channels: int, r: int, protect_first: bool,
