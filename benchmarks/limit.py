@@ -11,7 +11,7 @@ For each packaged testbed model (at the demo's operating point) and each paper-s
 weights), at each batch size, the unmerged model, the ideal and the merged model are timed interleaved in this process
 (:func:`videotome.measure.time_rounds`); the spread is the interquartile range of the per-round ratio (each round
 times the three back to back, so a ratio within a round shares the machine's load). The merge step's share is the
-profiled time inside the merge region of one more merged forward. ``--compile`` times the three compiled
+time clocked inside the merge steps (:func:`videotome.merge.timed_steps`) of three more merged forwards. ``--compile`` times the three compiled
 (``torch.compile``, inductor; ``mode="reduce-overhead"`` on CUDA) as well, each compiled once before its timing, with the first call's seconds reported
 as the compile time. Every result is appended to ``--jsonl`` as soon as it is measured, so a long run keeps what it
 finished; a Markdown table for BENCHMARKS.md is printed at the end.
@@ -36,8 +36,7 @@ from tqdm import tqdm
 from videotome import patch
 from videotome.bench import bench_model, example_input, zero_cost_ideal
 from videotome.evaluation.report import to_markdown
-from videotome.measure import resolve_device, seconds_in_region, synchronize, time_rounds
-from videotome.merge import PROFILER_REGION
+from videotome.measure import resolve_device, seconds_in_steps, synchronize, time_rounds
 from videotome.plan import MergeSettings
 from videotome.testbed.models import ARCHITECTURES, load_checkpoint
 from videotome.testbed.settings import operating_point
@@ -104,7 +103,7 @@ def measure(
         "merge_share": None,
     }
     if not compiled and device.type == "cpu":
-        inside, total = seconds_in_region(calls["merged"], PROFILER_REGION)
+        inside, total = seconds_in_steps(calls["merged"])
         result["merge_share"] = inside / total
     return result
 

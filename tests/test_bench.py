@@ -14,6 +14,8 @@ from videotome.adapters.base import TokenState
 from videotome.bench import BenchConfig, bench_model, example_input, run_bench, zero_cost_ideal
 import videotome
 from videotome.cli import main
+from videotome.measure import seconds_in_steps
+from videotome.merge import timed_steps
 from videotome.plan import MergeSettings
 
 KEYS = {
@@ -143,3 +145,21 @@ def test_merge_step_benchmark_counts_operations_and_writes_each_shape(tmp_path, 
     lines = [json.loads(text) for text in out.read_text().splitlines()]
     assert [line["shape"] for line in lines] == ["one", "two"]
     assert all(line[key] > 0 for line in lines for key in ("step", "matching", "merging", "floor", "operations"))
+
+
+def test_timed_steps_clocks_each_reduction_step_and_nothing_outside(family):
+    """One entry per layer that removes tokens, inside the block only; an unmerged model's forward adds none."""
+    model = tiny_model(family).eval()
+    pixel_values = tiny_input(family)
+    with torch.inference_mode():
+        with timed_steps() as unmerged:
+            model(pixel_values)
+        patch(model, 2)
+        reducing = sum(step.effective_r > 0 for step in videotome.plan(model).steps())
+        with timed_steps() as merged:
+            model(pixel_values)
+        model(pixel_values)  # after the block: collected nowhere
+        inside, total = seconds_in_steps(lambda: model(pixel_values))
+    assert unmerged == [] and reducing > 0
+    assert len(merged) == reducing and all(seconds > 0 for seconds in merged)
+    assert 0 < inside < total

@@ -20,8 +20,7 @@ from tqdm import tqdm
 from . import patch, plan
 from .patch import _patch_of
 from .loading import IMAGE_MODEL_TYPES, load_local_model
-from .measure import peak_memory_mb, resolve_device, seconds_in_region, time_interleaved
-from .merge import PROFILER_REGION
+from .measure import peak_memory_mb, resolve_device, seconds_in_steps, time_interleaved
 from .options import add_options, check_at_least, device_option, from_args
 from .plan import MergeSettings
 
@@ -187,7 +186,7 @@ def run_bench(config: BenchConfig, *, progress: bool = True) -> BenchResult:
             desc="timing" if progress else None,
         )
         stages.update()
-        inside, total = seconds_in_region(merged, PROFILER_REGION) if device.type == "cpu" else (0.0, 1.0)
+        inside, total = seconds_in_steps(merged) if device.type == "cpu" else (0.0, 1.0)
         stages.update()
     stages.close()
     steps = plan(model).steps()

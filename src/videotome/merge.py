@@ -28,7 +28,10 @@ Everything works on a leading batch dimension, sample by sample, so a sample nev
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
+import time
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
@@ -48,6 +51,7 @@ __all__ = [
     "repeat",
     "slice_first",
     "take",
+    "timed_steps",
 ]
 
 STRATEGIES = ("merge", "drop", "random_drop", "random_merge", "hybrid")
@@ -55,12 +59,49 @@ STRATEGIES = ("merge", "drop", "random_drop", "random_merge", "hybrid")
 PROFILER_REGION = "videotome.merge"
 
 
+#: where :func:`timed_steps` collects the seconds of each reduction step; None outside such a block
+_step_seconds: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar("videotome_step_seconds",
+                                                                                   default=None)
+
+
 def profiled() -> contextlib.AbstractContextManager:
-    """The profiler region of a reduction step while a profiler records; otherwise nothing, since entering a region
-    costs as much as a few small tensor operations (and ``torch.compile`` would only warn that it ignores it)."""
-    if torch.compiler.is_compiling() or not torch.autograd.profiler._is_profiler_enabled:
+    """What surrounds every reduction step: a clock inside :func:`timed_steps`, the profiler region while a profiler
+    records, otherwise nothing, since entering a region costs as much as a few small tensor operations (and
+    ``torch.compile`` would only warn that it ignores it)."""
+    if torch.compiler.is_compiling():
+        return contextlib.nullcontext()
+    seconds = _step_seconds.get()
+    if seconds is not None:
+        return _clock(seconds)
+    if not torch.autograd.profiler._is_profiler_enabled:
         return contextlib.nullcontext()
     return torch.profiler.record_function(PROFILER_REGION)
+
+
+@contextlib.contextmanager
+def _clock(seconds: list[float]) -> Iterator[None]:
+    """Append the wall seconds of the block to ``seconds``."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds.append(time.perf_counter() - start)
+
+
+@contextlib.contextmanager
+def timed_steps() -> Iterator[list[float]]:
+    """Collect the wall seconds of every reduction step run inside the block, one entry per step, in a list.
+
+    Unlike the profiler, which adds its own cost to every tensor operation and so overstates a step made of many
+    small ones, this adds two clock readings per step. On the CPU a step's operations finish before it returns; on a
+    GPU they are only queued, so the seconds measure the launches, not the work.
+    """
+    seconds: list[float] = []
+    token = _step_seconds.set(seconds)
+    try:
+        yield seconds
+    finally:
+        _step_seconds.reset(token)
 
 
 class Reduction(NamedTuple):
