@@ -194,11 +194,16 @@ def test_the_module_map_names_every_module():
 
 def test_the_readme_speed_claim_is_the_measured_range() -> None:
     """The README's "a-b of the zero-cost ideal" is the range of the paper-size models' merged / ideal in
-    BENCHMARKS.md's limit table (eager)."""
+    BENCHMARKS.md's limit table (eager), and its "a-bx the unmerged speed" the testbed models' speedup at batch 1."""
     low, high = map(float, re.search(r"\(([\d.]+)-([\d.]+) of the zero-cost ideal", README.read_text()).groups())
     text = (REPO / "BENCHMARKS.md").read_text()
     section = text[text.index("## Merging against its limit"):]
-    section = section[:section.index("\n## ", 1)]
+    section = section[section.index("| model | batch | mode |"):]
+    section = section[:section.index("\n\n")]  # the section's first table: the eager limit table
     measured = [float(value) for value in re.findall(r"^\| \w+-base \| 1 \| eager \|(?: [^|]+ \|){3} ([\d.]+) \(",
                                                      section, flags=re.M)]
     assert len(measured) == 4 and (min(measured), max(measured)) == (low, high)
+    low, high = map(float, re.search(r"\(([\d.]+)-([\d.]+)x the unmerged speed\)", README.read_text()).groups())
+    speedups = [float(value) for value in re.findall(r"^\| [a-z]+ \| 1 \| eager \|(?: [^|]+ \|){2} ([\d.]+)x \|",
+                                                     section, flags=re.M)]
+    assert len(speedups) == 4 and (min(speedups), max(speedups)) == (low, high)
