@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -15,8 +18,17 @@ from videotome.cli import _commands, build_parser
 from videotome.plan import MergeSettings
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 FAMILIES = ("videomae", "vivit", "timesformer", "motionformer", "vit", "dinov2")
 _COMMON = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64)
+
+
+def benchmark_script(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """The script ``benchmarks/<name>.py`` imported afresh, its folder on ``sys.path`` for this test only (as running
+    the script puts it there, so its own imports of the folder's other files resolve)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    return importlib.import_module(name)
 
 
 def tiny_model(family: str, seed: int = 0, layers: int = 3) -> torch.nn.Module:

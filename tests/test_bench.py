@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_input, tiny_model
+from conftest import benchmark_script, tiny_input, tiny_model
 from transformers import Dinov2Config, Dinov2Model
 
 from videotome import patch
@@ -106,12 +106,8 @@ def test_zero_cost_ideal_has_the_merged_token_counts(family):
 def test_limit_benchmark_writes_each_result_as_measured(tmp_path, monkeypatch):
     """benchmarks/limit.py on one testbed model at batch 1: its JSONL line and the figures' consistency."""
     import statistics
-    import sys
-    from pathlib import Path
 
-    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
-    monkeypatch.delitem(sys.modules, "limit", raising=False)
-    import limit
+    limit = benchmark_script("limit", monkeypatch)
 
     out = tmp_path / "limit.jsonl"
     limit.main(["--models", "videomae", "--batches", "1", "--repeats", "3", "--warmup", "0", "--jsonl", str(out)])
@@ -130,12 +126,7 @@ def test_limit_benchmark_writes_each_result_as_measured(tmp_path, monkeypatch):
 
 def test_merge_step_benchmark_counts_operations_and_writes_each_shape(tmp_path, monkeypatch):
     """benchmarks/merge_step.py on two small shapes: one JSONL line each, with the step's parts and its op count."""
-    import sys
-    from pathlib import Path
-
-    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
-    monkeypatch.delitem(sys.modules, "merge_step", raising=False)
-    import merge_step
+    merge_step = benchmark_script("merge_step", monkeypatch)
 
     x = torch.ones(2, 3)
     assert merge_step.operations(lambda: x + x) == 1 and merge_step.operations(lambda: (x + x).sum()) == 2

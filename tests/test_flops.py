@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import FAMILIES, tiny_input, tiny_model
+from conftest import FAMILIES, benchmark_script, tiny_input, tiny_model
 
 import videotome
 from videotome.bench import _BUILTINS, count_flops, example_input, random_model
@@ -135,10 +135,7 @@ def test_a_plan_for_another_model_shape_is_refused(tmp_path):
 
 def test_the_flop_target_benchmark_row_says_hit_when_the_count_is_at_the_target(monkeypatch):
     """benchmarks/flop_targets.py on VideoMAE-B (meta device): its row's figures are the plan's and torch's."""
-    from pathlib import Path
-
-    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
-    import flop_targets
+    flop_targets = benchmark_script("flop_targets", monkeypatch)
     name, schedule, target, r, predicted, counted, less, hit = flop_targets.row("videomae-base", "constant", 0.5)
     assert (name, schedule, target, hit) == ("videomae-base", "constant", "0.50", "yes")
     assert int(r) > 0 and float(counted) == pytest.approx(float(predicted), rel=0.02)
