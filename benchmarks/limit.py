@@ -11,10 +11,11 @@ For each packaged testbed model (at the demo's operating point) and each paper-s
 weights), at each batch size, the unmerged model, the ideal and the merged model are timed interleaved in this process
 (:func:`videotome.measure.time_rounds`); the spread is the interquartile range of the per-round ratio (each round
 times the three back to back, so a ratio within a round shares the machine's load). The merge step's share is the
-time clocked inside the merge steps (:func:`videotome.merge.timed_steps`) of three more merged forwards. ``--compile`` times the three compiled
-(``torch.compile``, inductor; ``mode="reduce-overhead"`` on CUDA) as well, each compiled once before its timing, with the first call's seconds reported
-as the compile time. Every result is appended to ``--jsonl`` as soon as it is measured, so a long run keeps what it
-finished; a Markdown table for BENCHMARKS.md is printed at the end.
+time clocked inside the merge steps of a few more merged forwards (:func:`videotome.measure.seconds_in_steps`).
+``--compile`` times the three compiled (``torch.compile``, inductor; ``mode="reduce-overhead"`` on CUDA) as well, each
+compiled once before its timing, with the first call's seconds reported as the compile time. Every result is
+appended to ``--jsonl`` as soon as it is measured, so a long run keeps what it finished; a Markdown table for
+BENCHMARKS.md is printed at the end.
 """
 
 from __future__ import annotations
